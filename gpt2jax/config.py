@@ -1,0 +1,174 @@
+"""The configuration schema: every field, its default, and one validation pass.
+
+Config files in `configs/` call `get_config()` here and change what they need. Every field can be
+overridden on the command line as `--config.section.key=value`. The returned ConfigDict is locked, so
+a misspelt key is an error rather than a silently ignored setting.
+
+Sections:
+  model       the network's shape and numerics (see gpt2jax/model.py)
+  data        where the token files written by `python -m gpt2jax.prepare` live
+  train       the loop: steps, global batch, seed, logging/eval cadence, fine-tuning start point
+  optim       AdamW, warmup + cosine schedule, clipping, gradient accumulation
+  checkpoint  how often to save and how many to keep
+  mesh        device mesh (data, fsdp, tensor) and the logical-axis rules (see gpt2jax/sharding.py)
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("xla", "cudnn")
+REMAT = ("none", "full", "dots", "dots_no_batch")
+
+# Logical axis -> mesh axis (or axes). Parameters and activations are annotated with the logical
+# names; these rules decide how they are laid out on the mesh. See gpt2jax/sharding.py.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("seq", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+)
+
+
+class ConfigError(ValueError):
+    """A config field has a value that cannot work. The message names the field."""
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The full schema with defaults (GPT-2 124M shapes, single-device friendly settings)."""
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict(
+        dict(
+            n_layer=12,
+            n_head=12,
+            n_embd=768,
+            block_size=1024,  # context length (rows of the position table)
+            vocab_size=50257,  # the real GPT-2 vocabulary
+            vocab_multiple=128,  # the embedding table is padded to a multiple of this
+            dropout=0.0,
+            dtype="float32",  # compute dtype; parameters keep param_dtype
+            param_dtype="float32",
+            attention="xla",  # 'xla' | 'cudnn' (GPU, bf16/fp16 only)
+            scan_layers=True,  # lax.scan over the stacked layers (compile time independent of depth)
+            remat="none",  # 'none' | 'full' | 'dots' | 'dots_no_batch'
+        )
+    )
+    c.data = ml_collections.ConfigDict(dict(dir="data/shakespeare"))
+    c.train = ml_collections.ConfigDict(
+        dict(
+            num_steps=1000,
+            batch_size=16,  # global batch per optimizer step, in sequences
+            seq_len=0,  # tokens per sequence; 0 = model.block_size
+            seed=0,
+            log_every=10,
+            eval_every=250,  # 0 = only at the end
+            eval_batches=20,  # 0 = the whole val split
+            init_from="",  # workdir (or checkpoint dir) whose params start a fresh run
+            compile_cache="~/.cache/gpt2jax/xla",  # persistent XLA cache; '' disables
+            profile_start=-1,  # step at which to start a profiler trace (-1: never)
+            profile_steps=5,
+            peak_tflops=0.0,  # per-device peak for MFU; 0 = look up the device kind
+        )
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=6e-4,
+            min_lr=6e-5,
+            warmup_steps=100,
+            weight_decay=0.1,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            grad_clip=1.0,  # global-norm clipping; 0 disables
+            accum_steps=1,  # micro-batches per optimizer step
+        )
+    )
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+    c.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1, rules=tuple((k, v) for k, v in DEFAULT_RULES))
+    )
+    c.lock()
+    return c
+
+
+def padded_vocab(model_cfg) -> int:
+    """Rows of the embedding table: vocab_size rounded up to a multiple of vocab_multiple."""
+    m = model_cfg.vocab_multiple
+    return int(math.ceil(model_cfg.vocab_size / m) * m)
+
+
+def seq_len(config) -> int:
+    return int(config.train.seq_len or config.model.block_size)
+
+
+def _check(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field}: {msg}")
+
+
+def validate(config) -> None:
+    """Check every field once, before anything compiles. Raises ConfigError naming the field."""
+    m, t, o = config.model, config.train, config.optim
+    for f in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "vocab_multiple"):
+        _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", f"must be a positive int, got {m[f]!r}")
+    _check(
+        m.n_embd % m.n_head == 0,
+        "model.n_embd",
+        f"{m.n_embd} is not divisible by model.n_head={m.n_head}",
+    )
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
+    _check(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}, got {m.param_dtype!r}")
+    _check(m.attention in ATTENTION, "model.attention", f"must be one of {ATTENTION}, got {m.attention!r}")
+    if m.attention == "cudnn":
+        _check(
+            m.dtype in ("bfloat16", "float16"),
+            "model.attention",
+            f"'cudnn' needs model.dtype bfloat16 or float16, got {m.dtype!r}",
+        )
+        _check(m.dropout == 0.0, "model.attention", "'cudnn' has no attention dropout; set model.dropout=0")
+    _check(m.remat in REMAT, "model.remat", f"must be one of {REMAT}, got {m.remat!r}")
+
+    _check(isinstance(t.num_steps, int) and t.num_steps > 0, "train.num_steps", f"must be > 0, got {t.num_steps!r}")
+    _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
+    _check(t.seq_len >= 0, "train.seq_len", f"must be >= 0, got {t.seq_len}")
+    _check(
+        seq_len(config) <= m.block_size,
+        "train.seq_len",
+        f"{t.seq_len} is longer than the position table (model.block_size={m.block_size})",
+    )
+    _check(t.log_every > 0, "train.log_every", f"must be > 0, got {t.log_every}")
+    _check(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
+    _check(t.eval_batches >= 0, "train.eval_batches", f"must be >= 0, got {t.eval_batches}")
+
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _check(0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr={o.lr}], got {o.min_lr}")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.b1 < 1, "optim.b1", f"must be in [0, 1), got {o.b1}")
+    _check(0 <= o.b2 < 1, "optim.b2", f"must be in [0, 1), got {o.b2}")
+    _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {o.grad_clip}")
+    _check(o.accum_steps >= 1, "optim.accum_steps", f"must be >= 1, got {o.accum_steps}")
+    _check(
+        t.batch_size % o.accum_steps == 0,
+        "train.batch_size",
+        f"{t.batch_size} is not divisible by optim.accum_steps={o.accum_steps}",
+    )
+
+    ck = config.checkpoint
+    _check(ck.every >= 0, "checkpoint.every", f"must be >= 0 (0 = only at the end), got {ck.every}")
+    _check(ck.keep >= 1, "checkpoint.keep", f"must be >= 1, got {ck.keep}")
+
+    mesh = config.mesh
+    sizes = [mesh.data, mesh.fsdp, mesh.tensor]
+    for name, v in zip(("data", "fsdp", "tensor"), sizes):
+        _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (the rest) or >= 1, got {v}")
+    _check(sizes.count(-1) <= 1, "mesh", "at most one of data/fsdp/tensor may be -1")
