@@ -15,6 +15,7 @@ Sections:
 
 from __future__ import annotations
 
+import json
 import math
 
 import ml_collections
@@ -172,3 +173,24 @@ def validate(config) -> None:
     for name, v in zip(("data", "fsdp", "tensor"), sizes):
         _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (the rest) or >= 1, got {v}")
     _check(sizes.count(-1) <= 1, "mesh", "at most one of data/fsdp/tensor may be -1")
+
+
+def to_dict(config) -> dict:
+    """A JSON-ready plain dict of a config."""
+    return json.loads(config.to_json())
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+    """Rebuild a locked config from `to_dict` output, on top of the current schema's defaults
+    (fields added to the schema later keep their defaults). An unknown field is a ConfigError."""
+    config = get_config()
+    for section, values in d.items():
+        if section not in config:
+            raise ConfigError(f"config.{section}: unknown section")
+        for key, value in values.items():
+            if key not in config[section]:
+                raise ConfigError(f"config.{section}.{key}: unknown field")
+            if section == "mesh" and key == "rules":
+                value = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value)
+            config[section][key] = value
+    return config
