@@ -1,0 +1,176 @@
+"""Tokenize a document source into ``train.bin`` / ``val.bin`` / ``meta.json``.
+
+The .bin files are flat little-endian uint16 GPT-2 token ids; every document is
+followed by EOT (50256). Documents are streamed: read in order, tokenized in
+chunks by ``num_workers`` threads (tiktoken releases the GIL) with a bounded
+number of chunks in flight, and appended to the split files.
+
+Split rule (deterministic, streaming): empty documents are skipped; the i-th
+non-empty document (0-based) goes to val iff floor((i+1)*f) > floor(i*f), i.e.
+every (1/f)-th document (f = val_fraction, exact decimal arithmetic). Document
+0 always goes to train. If no document lands in val (fewer than ~1/f documents)
+and f > 0, the last max(1, round(f * train_tokens)) tokens of train are moved
+to val instead (``meta["split_rule"] == "tail_tokens"``). f == 0 gives an empty
+val.bin.
+
+Output is written under temporary names and renamed at the very end (meta.json
+last), so a failed or interrupted run leaves no train.bin/val.bin/meta.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt2jax.data.sources import DEFAULT_SOURCE, DataError, iter_documents
+from gpt2jax.tokenizer import EOT, N_VOCAB, get_tokenizer
+
+FORMAT_VERSION = 1
+DTYPE = np.uint16
+SPLITS = ("train", "val")
+
+
+@functools.lru_cache(maxsize=8)
+def _exact(val_fraction: float) -> tuple[int, int]:
+    f = Fraction(str(val_fraction))  # 0.05 -> 1/20 exactly
+    return f.numerator, f.denominator
+
+
+def is_val_document(i: int, val_fraction: float) -> bool:
+    """Whether the i-th (0-based) document goes to val: floor((i+1)f) > floor(if)."""
+    num, den = _exact(val_fraction)
+    return ((i + 1) * num) // den > (i * num) // den
+
+
+def _chunks(docs: Iterable[str], chunk_chars: int, stats: dict) -> Iterator[list[str]]:
+    """Group non-empty documents into lists of about ``chunk_chars`` characters."""
+    chunk, size = [], 0
+    for doc in docs:
+        if not doc:
+            stats["skipped_empty_documents"] += 1
+            continue
+        chunk.append(doc)
+        size += len(doc)
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encode_chunk(docs: list[str]) -> list[np.ndarray]:
+    tok = get_tokenizer()
+    out = []
+    for doc in docs:
+        ids = tok.encode_np(doc)
+        arr = np.empty(len(ids) + 1, DTYPE)
+        arr[:-1] = ids  # all ids < 50257 < 2**16
+        arr[-1] = EOT
+        out.append(arr)
+    return out
+
+
+def _tokenized(docs: Iterable[str], num_workers: int, chunk_chars: int, stats: dict
+               ) -> Iterator[np.ndarray]:
+    """Token arrays (EOT appended) of the non-empty documents, in order."""
+    get_tokenizer()  # build once, before the threads need it
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        pending = deque()
+        for chunk in _chunks(docs, chunk_chars, stats):
+            pending.append(pool.submit(_encode_chunk, chunk))
+            if len(pending) > 2 * num_workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _move_tail_to_val(files: dict, counts: dict, val_fraction: float) -> None:
+    """Fallback when no document went to val: move the last tokens of train."""
+    n_train = counts["train"]["tokens"]
+    n_val = min(max(1, round(val_fraction * n_train)), n_train - 1)
+    train = files["train"]
+    train.flush()
+    tail = np.fromfile(train.name, DTYPE, count=n_val, offset=(n_train - n_val) * 2)
+    train.truncate((n_train - n_val) * 2)
+    files["val"].write(tail.tobytes())
+    head = np.memmap(train.name, DTYPE, mode="r", shape=(n_train - n_val,))
+    counts["train"].update(tokens=n_train - n_val, max_token_id=int(head.max()))
+    counts["val"].update(tokens=n_val, max_token_id=int(tail.max()))
+    del head
+
+
+def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
+            val_fraction: float = 0.05, num_workers: int = 2, *,
+            tfds_data_dir: str | None = None, chunk_chars: int = 1 << 18,
+            progress: bool = True) -> dict:
+    """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    os.makedirs(out_dir, exist_ok=True)
+    stats = {"skipped_empty_documents": 0}
+    counts = {s: {"documents": 0, "tokens": 0, "max_token_id": -1} for s in SPLITS}
+    tmp_paths, files = {}, {}
+    try:
+        for name in ("train.bin", "val.bin", "meta.json"):
+            tmp_paths[name] = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
+        files = {s: open(tmp_paths[f"{s}.bin"], "wb", buffering=1 << 20) for s in SPLITS}
+        docs = iter_documents(source, tfds_data_dir=tfds_data_dir)
+        bar = tqdm(unit=" docs", desc=f"prepare {source}", disable=not progress, delay=0.5)
+        for i, arr in enumerate(_tokenized(docs, num_workers, chunk_chars, stats)):
+            split = "val" if is_val_document(i, val_fraction) else "train"
+            files[split].write(arr.tobytes())
+            c = counts[split]
+            c["documents"] += 1
+            c["tokens"] += len(arr)
+            c["max_token_id"] = max(c["max_token_id"], int(arr.max()))
+            bar.set_postfix_str(f"{counts['train']['tokens'] + counts['val']['tokens']:,} tokens",
+                                refresh=False)
+            bar.update()
+        bar.close()
+
+        if counts["train"]["documents"] == 0:
+            raise DataError(f"source {source!r} yielded no non-empty documents "
+                            f"({stats['skipped_empty_documents']} empty ones skipped)")
+        split_rule = "every_kth_document" if val_fraction > 0 else "none"
+        if val_fraction > 0 and counts["val"]["documents"] == 0:
+            _move_tail_to_val(files, counts, val_fraction)
+            split_rule = "tail_tokens"
+        for f in files.values():
+            f.close()
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "source": source,
+            "dtype": "uint16",
+            "vocab_size": N_VOCAB,
+            "eot": EOT,
+            "tokenizer": "gpt2",
+            "tokenizer_hash": get_tokenizer().vocab_hash,
+            "val_fraction": val_fraction,
+            "split_rule": split_rule,
+            "skipped_empty_documents": stats["skipped_empty_documents"],
+            "splits": counts,
+        }
+        with open(tmp_paths["meta.json"], "w") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+        # Commit: meta.json goes last, so its presence means a complete dataset.
+        if os.path.exists(os.path.join(out_dir, "meta.json")):
+            os.remove(os.path.join(out_dir, "meta.json"))
+        for name in ("train.bin", "val.bin", "meta.json"):
+            os.replace(tmp_paths.pop(name), os.path.join(out_dir, name))
+        return meta
+    finally:
+        for f in files.values():
+            f.close()
+        for path in tmp_paths.values():
+            if os.path.exists(path):
+                os.remove(path)

@@ -1,0 +1,41 @@
+"""Tokenize a corpus for training.
+
+    python -m gpt2jax.prepare --source=shakespeare --out_dir=data/shakespeare
+
+Sources: shakespeare | text:GLOB | jsonl:GLOB[:FIELD] | parquet:GLOB[:COLUMN] |
+tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] (see gpt2jax/data/sources.py).
+"""
+
+import sys
+import time
+
+from absl import app, flags
+
+from gpt2jax.data.prepare import prepare
+
+flags.DEFINE_string("source", "shakespeare", "Document source spec.")
+flags.DEFINE_string("out_dir", None, "Where train.bin, val.bin and meta.json go.")
+flags.DEFINE_float("val_fraction", 0.05, "Fraction of documents that go to val.")
+flags.DEFINE_integer("num_workers", 2, "Tokenizer threads.")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default $TFDS_DATA_DIR).")
+flags.mark_flag_as_required("out_dir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    t0 = time.time()
+    try:
+        meta = prepare(FLAGS.source, FLAGS.out_dir, FLAGS.val_fraction, FLAGS.num_workers,
+                       tfds_data_dir=FLAGS.tfds_data_dir)
+    except (ValueError, FileNotFoundError) as e:  # DataError, TokenizerFileError, ...
+        sys.exit(f"error: {e}")
+    print(f"wrote {FLAGS.out_dir} in {time.time() - t0:.1f}s")
+    for split, c in meta["splits"].items():
+        print(f"  {split:5s} {c['documents']:>10,d} documents {c['tokens']:>14,d} tokens")
+    if meta["split_rule"] == "tail_tokens":
+        print("  (too few documents for a document split: val is the tail of the tokens)")
+
+
+if __name__ == "__main__":
+    app.run(main)
