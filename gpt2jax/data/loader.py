@@ -1,0 +1,111 @@
+"""Batches of token windows from a directory written by ``gpt2jax.prepare``.
+
+A split of N tokens holds ``num_windows = (N - 1) // seq_len`` windows of
+``seq_len + 1`` tokens; window k starts at token ``k * seq_len``, so with
+``x = w[:-1], y = w[1:]`` every token (but the first) is a target exactly once
+per epoch.
+
+``train_batch`` is a pure function of ``(seed, step)``: global example
+``j = step * global_batch + b`` is window ``perm_e[j % num_windows]`` of epoch
+``e = j // num_windows``, where ``perm_e`` is a permutation seeded by
+``SeedSequence([seed, e])``. Any step can be produced without replay, and an
+epoch visits every window exactly once. Each process reads only its contiguous
+rows ``[p * local, (p + 1) * local)`` of the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from gpt2jax.data.sources import DataError, DataNotFoundError
+
+
+class TokenDataset:
+    """One split (``train`` or ``val``) of a prepared dir, memory-mapped read-only."""
+
+    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int = 50257):
+        self.data_dir, self.split, self.seq_len = data_dir, split, int(seq_len)
+        meta_path = os.path.join(data_dir, "meta.json")
+        bin_path = os.path.join(data_dir, f"{split}.bin")
+        missing = [p for p in (meta_path, bin_path) if not os.path.isfile(p)]
+        if missing:
+            raise DataNotFoundError(
+                f"prepared data not found: missing {', '.join(missing)}. Create it with "
+                f"`python -m gpt2jax.prepare --source=SOURCE --out_dir={data_dir}`")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        info = self.meta.get("splits", {}).get(split)
+        if self.meta.get("dtype") != "uint16" or info is None:
+            raise DataError(f"{meta_path}: expected dtype uint16 and a split {split!r}")
+        size = os.path.getsize(bin_path)
+        if size % 2:
+            raise DataError(f"{bin_path}: {size} bytes is not a whole number of uint16 "
+                            "tokens (truncated or corrupt file?)")
+        self.num_tokens = size // 2
+        if self.num_tokens != info["tokens"]:
+            raise DataError(f"{bin_path}: {self.num_tokens} tokens but meta.json says "
+                            f"{info['tokens']} (truncated or stale file?)")
+        if info["max_token_id"] >= vocab_size:
+            raise DataError(f"{bin_path}: max token id {info['max_token_id']} does not fit "
+                            f"vocab_size {vocab_size}")
+        if self.num_tokens < self.seq_len + 1:
+            raise DataError(f"split {split!r} in {data_dir} has {self.num_tokens} tokens, "
+                            f"fewer than seq_len + 1 = {self.seq_len + 1}")
+        self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r")
+        self.num_windows = (self.num_tokens - 1) // self.seq_len
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def __repr__(self):
+        return (f"TokenDataset({self.data_dir!r}, {self.split!r}, seq_len={self.seq_len}: "
+                f"{self.num_tokens} tokens, {self.num_windows} windows)")
+
+    def permutation(self, seed: int, epoch: int) -> np.ndarray:
+        """The window order of ``epoch``; the two most recent ones are cached."""
+        key = (int(seed), int(epoch))
+        if key not in self._perms:
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(key))))
+            perm = rng.permutation(self.num_windows)
+            if len(self._perms) >= 2:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[key] = perm.astype(np.int32) if self.num_windows < 2**31 else perm
+        return self._perms[key]
+
+    def windows(self, idx: np.ndarray) -> np.ndarray:
+        """int32 ``[len(idx), seq_len + 1]``: the windows with indices ``idx``."""
+        starts = np.asarray(idx, np.int64) * self.seq_len
+        return self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
+
+
+def _rows(global_batch: int, process_index: int, process_count: int) -> np.ndarray:
+    if global_batch % process_count or not 0 <= process_index < process_count:
+        raise ValueError(f"global_batch {global_batch} must split evenly over "
+                         f"{process_count} processes (process_index {process_index})")
+    local = global_batch // process_count
+    return np.arange(process_index * local, (process_index + 1) * local, dtype=np.int64)
+
+
+def train_batch(ds: TokenDataset, step: int, global_batch: int, seed: int,
+                process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """This process's rows of the global training batch of ``step``: int32 [local, T+1]."""
+    j = step * global_batch + _rows(global_batch, process_index, process_count)
+    epoch, pos = np.divmod(j, ds.num_windows)
+    idx = np.empty_like(j)
+    for e in np.unique(epoch):  # one epoch, or two at an epoch boundary
+        m = epoch == e
+        idx[m] = ds.permutation(seed, int(e))[pos[m]]
+    return ds.windows(idx)
+
+
+def eval_batch(ds: TokenDataset, index: int, global_batch: int,
+               process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """Windows ``index * global_batch + b`` in order (mod num_windows): int32 [local, T+1]."""
+    j = index * global_batch + _rows(global_batch, process_index, process_count)
+    return ds.windows(j % ds.num_windows)
+
+
+def num_eval_batches(ds: TokenDataset, global_batch: int) -> int:
+    """Batches needed for ``eval_batch`` to cover every window once (the last one wraps)."""
+    return -(-ds.num_windows // global_batch)
