@@ -1,0 +1,144 @@
+"""KV-cache text generation and its CLI.
+
+    python -m gpt2jax.sample --workdir=runs/shk --prompt="ROMEO." --max_new_tokens=100 \
+        [--temperature=0.8 --top_k=200 --top_p=0.95 --seed=0 --num_samples=1 --step=S]
+
+The prompt is run once through the network to fill the key/value cache (prefill); each new token then
+costs one single-token step against the cache. The whole loop is one jit-compiled function.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gpt2jax.model import GPT2, NEG_INF, init_cache
+
+
+def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
+    """Temperature, then top-k, then nucleus (top-p) filtering. Filtered entries get NEG_INF."""
+    logits = logits_BV / jnp.maximum(temperature, 1e-6)
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if 0.0 < top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep the smallest set whose probability reaches top_p (always at least one token).
+        cutoff_idx = jnp.sum(cum < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
+        logits = jnp.where(logits < cutoff, NEG_INF, logits)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("model_json", "max_new_tokens", "top_k", "top_p", "greedy"))
+def _generate(params, prompt_BT, key, temperature, *, top_p, model_json, max_new_tokens, top_k, greedy):
+    model_cfg = ml_collections.ConfigDict(json.loads(model_json))  # static (hashable) form
+    model = GPT2(model_cfg)
+    B, T0 = prompt_BT.shape
+    cache = init_cache(model_cfg, B, T0 + max_new_tokens)
+    logits, cache = model.apply({"params": params}, prompt_BT, cache, 0, method=GPT2.decode)
+
+    def pick(logits_BV, k):
+        if greedy:
+            return jnp.argmax(logits_BV, axis=-1)
+        return jax.random.categorical(k, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1)
+
+    def step(carry, i):
+        last_logits, cache, key = carry
+        key, k = jax.random.split(key)
+        tok = pick(last_logits, k).astype(jnp.int32)
+        logits, cache = model.apply({"params": params}, tok[:, None], cache, T0 + i, method=GPT2.decode)
+        return (logits[:, -1], cache, key), tok
+
+    _, toks = jax.lax.scan(step, (logits[:, -1], cache, key), jnp.arange(max_new_tokens))
+    return jnp.concatenate([prompt_BT, toks.T], axis=1)
+
+
+def generate(model_cfg, params, prompt_tokens, max_new_tokens: int, *, key=None, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0):
+    """Continue each row of `prompt_tokens` [B, T0] by max_new_tokens. temperature=0 is greedy.
+    Returns int32 [B, T0 + max_new_tokens]."""
+    prompt = jnp.asarray(prompt_tokens, jnp.int32)
+    if prompt.ndim == 1:
+        prompt = prompt[None]
+    if prompt.shape[1] == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    total = prompt.shape[1] + max_new_tokens
+    if total > model_cfg.block_size:
+        raise ValueError(
+            f"prompt ({prompt.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
+            f"model's context of {model_cfg.block_size} tokens"
+        )
+    key = jax.random.PRNGKey(0) if key is None else key
+    return _generate(
+        params, prompt, key, jnp.float32(temperature), top_p=float(top_p),
+        model_json=model_cfg.to_json(), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
+        greedy=temperature <= 0.0,
+    )
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from gpt2jax.tokenizer import get_tokenizer
+
+    F = flags.FLAGS
+    if F.hf:
+        from gpt2jax.convert import from_hf
+
+        config, params = from_hf(F.hf)
+    elif F.workdir:
+        from gpt2jax.checkpoint import load_params
+
+        config, params = load_params(F.workdir, step=F.step)
+    else:
+        raise flags.IllegalFlagValueError("give --workdir=RUN or --hf=DIR")
+    tok = get_tokenizer()
+    ids = tok.encode(F.prompt) if F.prompt else [tok.eot_token]
+    max_new = F.max_new_tokens
+    keep = config.model.block_size - max_new
+    if keep < 1:
+        raise flags.IllegalFlagValueError(
+            f"--max_new_tokens={max_new} leaves no room for a prompt in the context of {config.model.block_size}"
+        )
+    ids = ids[-keep:]  # keep the end of a prompt too long for the context
+    prompt = np.tile(np.asarray(ids, np.int32)[None], (F.num_samples, 1))
+    out = generate(
+        config.model, params, prompt, max_new, key=jax.random.PRNGKey(F.seed),
+        temperature=F.temperature, top_k=F.top_k, top_p=F.top_p,
+    )
+    for i, row in enumerate(np.asarray(out)):
+        if F.num_samples > 1:
+            print(f"--- sample {i}")
+        print(tok.decode(row.tolist()), flush=True)
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "A training run's workdir (or a converted checkpoint's).")
+    flags.DEFINE_string("hf", None, "A Hugging Face GPT-2 directory (config.json + model.safetensors).")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_string("prompt", "", "Text to continue (default: start from end-of-text).")
+    flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate.")
+    flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 = greedy.")
+    flags.DEFINE_integer("top_k", 200, "Keep the k most likely tokens (0 = all).")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep the smallest set with this probability.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_integer("num_samples", 1, "How many samples to draw.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,394 @@
+"""Training: state creation, the jit-compiled train and eval steps, the loop and its CLI.
+
+    python -m gpt2jax.train --config=configs/shakespeare.py --workdir=runs/shk [--config.train.num_steps=...]
+
+The run writes into --workdir: run.json (resolved config, versions, devices, parameter counts,
+FLOPs per token), metrics.jsonl, TensorBoard events (tb/), checkpoints/ and optionally profile/.
+Starting again with the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import config as config_lib
+from gpt2jax import metrics as metrics_lib
+from gpt2jax import sharding as shd
+from gpt2jax.data import loader
+from gpt2jax.model import GPT2, count_params, cross_entropy, init_params
+from gpt2jax.optim import make_optimizer, schedule
+
+# Sections whose change would make a resumed run a different experiment.
+FROZEN_ON_RESUME = ("model", "optim", "data")
+FROZEN_TRAIN_FIELDS = ("batch_size", "seq_len", "seed")
+
+
+class Trainer:
+    """Everything compiled for one config on one mesh: init, train step, eval step."""
+
+    def __init__(self, config, mesh=None):
+        config_lib.validate(config)
+        self.config = config
+        self.mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
+        shd.check_batch(config, self.mesh)
+        self.model = GPT2(config.model)
+        self.optimizer = make_optimizer(config)
+        self.lr_schedule = schedule(config.optim, config.train.num_steps)
+        self.seq_len = config_lib.seq_len(config)
+        self.param_sharding = shd.param_shardings(config, self.mesh)
+        self.batch_sharding = shd.batch_sharding(config, self.mesh)
+        self.replicated = shd.replicated(self.mesh)
+        shapes = jax.eval_shape(lambda k: init_params(config.model, k), jax.random.PRNGKey(0))
+        self.abstract_params = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.param_sharding
+        )
+        opt_init = jax.jit(self.optimizer.init, in_shardings=(self.param_sharding,))
+        self.opt_sharding = opt_init.lower(self.abstract_params).compile().output_shardings
+        opt_shapes = jax.eval_shape(self.optimizer.init, shapes)
+        self.abstract_opt_state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_shapes, self.opt_sharding
+        )
+        self._init_params = jax.jit(
+            lambda k: init_params(config.model, k), out_shardings=self.param_sharding
+        )
+        self._init_opt = jax.jit(
+            self.optimizer.init, in_shardings=(self.param_sharding,), out_shardings=self.opt_sharding
+        )
+        self.train_step = jax.jit(
+            self._train_step,
+            in_shardings=(self.param_sharding, self.opt_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(self.param_sharding, self.opt_sharding, self.replicated),
+            donate_argnums=(0, 1),
+        )
+        self.eval_step = jax.jit(
+            self._eval_step,
+            in_shardings=(self.param_sharding, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
+
+    # -- state ---------------------------------------------------------------------------------
+    def init_state(self, seed: int):
+        params = self._init_params(jax.random.PRNGKey(seed))
+        return params, self._init_opt(params)
+
+    def init_opt_state(self, params):
+        return self._init_opt(params)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _loss(self, params, batch_BT1, key):
+        x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
+        if key is None:
+            logits = self.model.apply({"params": params}, x)
+        else:
+            logits = self.model.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
+        return cross_entropy(logits, y)
+
+    def _train_step(self, params, opt_state, batch_BT1, step):
+        cfg = self.config
+        accum = cfg.optim.accum_steps
+        key = None
+        if cfg.model.dropout > 0:
+            key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), step)
+        grad_fn = jax.value_and_grad(self._loss)
+        if accum == 1:
+            loss, grads = grad_fn(params, batch_BT1, key)
+        else:
+            B = batch_BT1.shape[0]
+            # Row r of the global batch goes to micro-batch r % accum, so each micro-batch keeps the
+            # batch dimension's sharding (every device holds B/accum/n rows of each).
+            micro = batch_BT1.reshape(B // accum, accum, -1).swapaxes(0, 1)
+            micro = jax.lax.with_sharding_constraint(
+                micro, NamedSharding(self.mesh, P(None, *shd.batch_spec(cfg)))
+            )
+
+            def body(carry, inp):
+                mb, i = inp
+                k = None if key is None else jax.random.fold_in(key, i)
+                loss_i, g = grad_fn(params, mb, k)
+                return jax.tree.map(jnp.add, carry, (loss_i, g)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+            loss, grads = jax.tree.map(lambda a: a / accum, (loss, grads))
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "grad_norm": grad_norm}
+
+    def _eval_step(self, params, batch_BT1):
+        return self._loss(params, batch_BT1, None)
+
+    # -- data ----------------------------------------------------------------------------------
+    def global_batch(self, local_rows: np.ndarray):
+        return jax.make_array_from_process_local_data(self.batch_sharding, local_rows)
+
+    def evaluate(self, params, val: loader.TokenDataset, num_batches: int) -> float:
+        B = self.config.train.batch_size
+        n = num_batches or loader.num_eval_batches(val, B)
+        losses = []
+        for i in range(n):
+            rows = loader.eval_batch(val, i, B, jax.process_index(), jax.process_count())
+            losses.append(self.eval_step(params, self.global_batch(rows)))
+        return float(np.mean(jax.device_get(losses)))
+
+
+# ---------------------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_info(config, params) -> dict:
+    m = config.model
+    return {
+        "config": config_lib.to_dict(config),
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+        "devices": {
+            "count": jax.device_count(),
+            "local_count": jax.local_device_count(),
+            "process_count": jax.process_count(),
+            "kind": jax.devices()[0].device_kind,
+            "platform": jax.devices()[0].platform,
+        },
+        "params": count_params(params, m),
+        "params_non_embedding": count_params(params, m, non_embedding=True),
+        "flops_per_token": metrics_lib.flops_per_token(m, config_lib.seq_len(config)),
+        "command": sys.argv,
+    }
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _check_resume_config(saved: dict, config) -> None:
+    now = config_lib.to_dict(config)
+    changed = []
+    for section in FROZEN_ON_RESUME:
+        for k, v in now[section].items():
+            if saved.get(section, {}).get(k) != v:
+                changed.append(f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
+    for k in FROZEN_TRAIN_FIELDS:
+        if saved.get("train", {}).get(k) != now["train"][k]:
+            changed.append(f"train.{k}: {saved.get('train', {}).get(k)!r} -> {now['train'][k]!r}")
+    if changed:
+        raise config_lib.ConfigError(
+            "cannot resume with a changed experiment (use a new --workdir, or train.init_from to "
+            "start from these weights): " + "; ".join(changed)
+        )
+
+
+def setup_compile_cache(path: str) -> None:
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to finish the current step, save and exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        def handler(signum, _frame):
+            self.requested = True
+
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(config, workdir: str, *, progress: bool = True) -> dict:
+    """Train (or resume) a run in `workdir`. Returns a summary: final step, val loss, timing."""
+    config_lib.validate(config)
+    setup_compile_cache(config.train.compile_cache)
+    workdir = os.path.expanduser(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    T, B = config_lib.seq_len(config), config.train.batch_size
+    vocab = config.model.vocab_size
+    # Data errors surface before anything compiles.
+    train_ds = loader.TokenDataset(config.data.dir, "train", T, vocab)
+    val_ds = loader.TokenDataset(config.data.dir, "val", T, vocab)
+
+    trainer = Trainer(config)
+    is_main = jax.process_index() == 0
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+    start = ckpt.latest_step()
+    if start is not None:
+        _check_resume_config(ckpt.read_meta(start)["config"], config)
+        params, opt_state, meta = ckpt.restore(start, trainer.abstract_params, trainer.abstract_opt_state)
+        if opt_state is None:
+            raise ckpt_lib.CheckpointError(f"{ckpt.directory}/{start} holds no optimizer state to resume")
+        print(f"resuming from step {start} in {ckpt.directory}", flush=True)
+    else:
+        start = 0
+        if config.train.init_from:
+            _, params = ckpt_lib.load_params(
+                config.train.init_from, shardings=trainer.param_sharding, model_config=config.model
+            )
+            opt_state = trainer.init_opt_state(params)
+            print(f"initialised parameters from {config.train.init_from}", flush=True)
+        else:
+            params, opt_state = trainer.init_state(config.train.seed)
+
+    info = run_info(config, params)
+    if is_main:
+        _atomic_write_json(os.path.join(workdir, "run.json"), info)
+    writer = metrics_lib.Writer(workdir, enabled=is_main)
+    peak = metrics_lib.peak_flops_per_device(config.train)
+    fpt = info["flops_per_token"]
+
+    def save(step):
+        meta = ckpt_lib.make_meta(
+            step, config, params, loader={"next_step": step, "seed": config.train.seed}
+        )
+        ckpt.save(step, params, opt_state, meta, force=True)
+
+    t_cfg = config.train
+    steps_total = t_cfg.num_steps
+    bar = None
+    if progress and is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps_total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    val_loss = None
+    losses: list = []
+    last_log_t, last_log_step = time.perf_counter(), start
+    train_start_t = time.perf_counter()
+    profiling = False
+    step = start
+    with _StopFlag() as stop:
+        while step < steps_total:
+            if step == t_cfg.profile_start and not profiling:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                profiling = True
+            rows = loader.train_batch(
+                train_ds, step, B, t_cfg.seed, jax.process_index(), jax.process_count()
+            )
+            params, opt_state, out = trainer.train_step(
+                params, opt_state, trainer.global_batch(rows), jnp.asarray(step, jnp.int32)
+            )
+            losses.append(out["loss"])
+            step += 1
+            if profiling and step >= t_cfg.profile_start + t_cfg.profile_steps:
+                jax.block_until_ready(params)
+                jax.profiler.stop_trace()
+                profiling = False
+            if bar is not None:
+                bar.update(1)
+            if step % t_cfg.log_every == 0 or step == steps_total:
+                loss = float(np.mean(jax.device_get(losses)))
+                losses = []
+                now = time.perf_counter()
+                tps = (step - last_log_step) * B * T / max(now - last_log_t, 1e-9)
+                last_log_t, last_log_step = now, step
+                mfu = fpt * tps / (peak * jax.device_count()) if peak else None
+                row = {
+                    "step": step,
+                    "loss": loss,
+                    "lr": float(trainer.lr_schedule(step - 1)),
+                    "grad_norm": float(out["grad_norm"]),
+                    "tokens": step * B * T,
+                    "tokens_per_sec": tps,
+                    "mfu": mfu,
+                }
+                writer.write(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+            if (t_cfg.eval_every and step % t_cfg.eval_every == 0) or step == steps_total:
+                val_loss = trainer.evaluate(params, val_ds, t_cfg.eval_batches)
+                writer.write({"step": step, "val_loss": val_loss})
+                if bar is not None:
+                    bar.write(f"step {step}: val_loss {val_loss:.4f}")
+                last_log_t = time.perf_counter()  # keep eval time out of tokens/s
+            if config.checkpoint.every and step % config.checkpoint.every == 0 and step < steps_total:
+                save(step)
+            if stop.requested:
+                print(f"stop requested: saving step {step} and exiting", flush=True)
+                break
+    if profiling:
+        jax.profiler.stop_trace()
+    if ckpt.latest_step() != step:
+        save(step)
+    ckpt.close()
+    writer.close()
+    if bar is not None:
+        bar.close()
+    summary = {
+        "step": step,
+        "val_loss": val_loss,
+        "train_seconds": time.perf_counter() - train_start_t,
+        "stopped_early": step < steps_total,
+    }
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv):
+    del argv
+    from absl import flags
+
+    config = flags.FLAGS.config
+    summary = train(config, flags.FLAGS.workdir)
+    if summary["val_loss"] is not None:
+        print(f"final val_loss {summary['val_loss']:.4f} at step {summary['step']}", flush=True)
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and run.json.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
