@@ -306,11 +306,13 @@ def to_hf(config, params, path) -> Path:
 
 # ----------------------------------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("from_hf", None, "HF GPT-2 directory to import into --workdir (step 0 checkpoint).")
-flags.DEFINE_string("to_hf", None, "Directory to export the checkpoint in --workdir to, in HF format.")
-flags.DEFINE_string("workdir", None, "gpt2jax run directory (holding checkpoints/).")
-flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+def define_flags(fv=flags.FLAGS):
+    """The CLI's flags; defined only when this module runs as a script (or on `fv`), so that importing
+    `from_hf` from other entry points (evaluate, sample) cannot clash with their --workdir/--step."""
+    flags.DEFINE_string("from_hf", None, "HF GPT-2 directory to import into --workdir (step 0).", flag_values=fv)
+    flags.DEFINE_string("to_hf", None, "Directory to export the checkpoint in --workdir to.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "gpt2jax run directory (holding checkpoints/).", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).", flag_values=fv)
 
 
 def _describe(config, params) -> str:
@@ -322,29 +324,30 @@ def _describe(config, params) -> str:
     )
 
 
-def main(argv):
+def main(argv, fv=flags.FLAGS):
     from gpt2jax import checkpoint
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir or bool(FLAGS.from_hf) == bool(FLAGS.to_hf):
+    if not fv.workdir or bool(fv.from_hf) == bool(fv.to_hf):
         raise app.UsageError("give --workdir and exactly one of --from_hf=DIR or --to_hf=OUT")
-    if FLAGS.from_hf:
-        existing = checkpoint.checkpoint_dir(FLAGS.workdir)
+    if fv.from_hf:
+        existing = checkpoint.checkpoint_dir(fv.workdir)
         if existing.exists() and any(existing.iterdir()):
             raise app.UsageError(f"{existing} already holds checkpoints; give a fresh --workdir")
-        config, params = from_hf(FLAGS.from_hf)
-        where = checkpoint.save_params(FLAGS.workdir, config, params, step=0)
-        print(f"imported {FLAGS.from_hf}: {_describe(config, params)}\nwrote {where}/0")
+        config, params = from_hf(fv.from_hf)
+        where = checkpoint.save_params(fv.workdir, config, params, step=0)
+        print(f"imported {fv.from_hf}: {_describe(config, params)}\nwrote {where}/0")
     else:
-        step = FLAGS.step
+        step = fv.step
         if step is None:
-            run_dir = checkpoint.checkpoint_dir(FLAGS.workdir).parent
+            run_dir = checkpoint.checkpoint_dir(fv.workdir).parent
             step = checkpoint.Checkpointer(run_dir, read_only=True).latest_step()
-        config, params = checkpoint.load_params(FLAGS.workdir, step=step)
-        out = to_hf(config, params, FLAGS.to_hf)
-        print(f"exported {FLAGS.workdir} step {step}: {_describe(config, params)}\nwrote {out}")
+        config, params = checkpoint.load_params(fv.workdir, step=step)
+        out = to_hf(config, params, fv.to_hf)
+        print(f"exported {fv.workdir} step {step}: {_describe(config, params)}\nwrote {out}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -5,8 +5,12 @@ torch and transformers are test dependencies: they are imported unguarded, so a 
 
 import codecs
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from absl import flags
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as torch_save_file
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
@@ -24,6 +29,7 @@ from gpt2jax.model import GPT2, cross_entropy
 from gpt2jax.tokenizer import get_tokenizer, vocab_files
 
 V = 50257
+ROOT = Path(__file__).resolve().parents[1]
 # name -> GPT2Config fields: odd widths and head counts, short and full contexts, one layer
 SHAPES = {
     "3L5H80": dict(n_layer=3, n_head=5, n_embd=80, n_positions=64),
@@ -241,11 +247,11 @@ def test_bad_tensors_are_clear_errors(small):
 
 
 def run_cli(*args):
-    convert.FLAGS(["convert", *args])
-    try:
-        convert.main(["convert"])
-    finally:
-        convert.FLAGS.unparse_flags()
+    """In-process, on private flags (the module defines its flags only when run as a script)."""
+    fv = flags.FlagValues()
+    convert.define_flags(fv)
+    fv(["convert", *args])
+    convert.main(["convert"], fv)
 
 
 def test_cli_round_trip(small, tmp_path, capsys):
@@ -259,6 +265,17 @@ def test_cli_round_trip(small, tmp_path, capsys):
     run_cli(f"--to_hf={tmp_path / 'out'}", f"--workdir={tmp_path / 'run'}")
     assert "step 0" in capsys.readouterr().out
     assert_trees_equal(convert.from_hf(tmp_path / "out")[1], small.params)
+
+
+def test_cli_as_script_and_importable_next_to_other_flags(small, tmp_path):
+    # evaluate.py and sample.py define their own --workdir/--step and import from_hf: importing convert
+    # must define no flags, or absl raises DuplicateFlagError
+    assert not any("convert" in module for module in flags.FLAGS.flags_by_module_dict())
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "gpt2jax.convert", f"--from_hf={small.root / 'hf'}", f"--workdir={tmp_path}"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4,259,360 parameters" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------ tokenizer
