@@ -1,0 +1,160 @@
+"""Zero-shot evaluation of a run's checkpoint or of imported Hugging Face GPT-2 weights.
+
+    python -m gpt2jax.evaluate --workdir=runs/gpt2 --tasks=lambada,hellaswag --tasks_dir=tasks \
+        --out=results.json
+    python -m gpt2jax.evaluate --hf=hf/gpt2 --tasks=all --tasks_dir=tasks --out=gpt2.json --dtype=float32
+
+Writes JSON {task: {metric: value, <metric>_stderr: ..., "n": examples}} (rewritten atomically after
+each task) and prints a markdown table of our numbers beside the GPT-2 paper's (all four sizes) and
+lm-evaluation-harness's published values for OpenAI's checkpoints (gpt2jax/eval/reference.py).
+Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory (or checkpoints dir) to evaluate.")
+flags.DEFINE_integer("step", None, "Checkpoint step with --workdir (default: the latest).")
+flags.DEFINE_string("hf", None, "Directory of a Hugging Face GPT-2 checkpoint (e.g. OpenAI's gpt2).")
+flags.DEFINE_string("tasks", "lambada,hellaswag", "Comma-separated task names, or 'all'.")
+flags.DEFINE_string("tasks_dir", "tasks", "Directory holding the task files (see docs/evaluation.md).")
+flags.DEFINE_string("out", "results.json", "Where to write the results JSON.")
+flags.DEFINE_integer("batch_size", 16, "Sequences per scoring batch (rounded up to the device count).")
+flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).")
+flags.DEFINE_string("dtype", "", "Override the compute dtype (e.g. float32 to match lm-eval's fp32 runs).")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def _fmt(v, metric: str = "") -> str:
+    """Accuracies with 4 decimals, perplexities with 2, bits with 3 (published values print as given)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, int) or not metric:
+        return str(v)
+    if metric.startswith("acc"):
+        return f"{v:.4f}"
+    if metric.startswith("bits"):
+        return f"{v:.3f}"
+    return f"{v:.2f}"
+
+
+def markdown_table(results: dict) -> str:
+    """Our numbers beside the GPT-2 paper's (four sizes) and lm-eval's for gpt2 / gpt2-xl."""
+    from gpt2jax.eval import reference as ref
+
+    head = ["task", "metric", "ours", "n"] + [f"paper {s}" for s in ref.PAPER_SIZES] + [
+        f"lm-eval {m}" for m in ref.LM_EVAL_MODELS
+    ]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for task, ms in results.items():
+        for metric, v in ms.items():
+            if metric == "n" or metric.endswith("_stderr"):
+                continue
+            ours = _fmt(v, metric)
+            se = ms.get(f"{metric}_stderr")
+            if se is not None:
+                ours += f" ± {_fmt(se, metric)}"
+            paper = ref.paper(task, metric) or (None,) * len(ref.PAPER_SIZES)
+            cells = [task, metric, ours, _fmt(ms.get("n"))] + [_fmt(p) for p in paper]
+            cells += [_fmt(ref.lm_eval(m, task, metric)) for m in ref.LM_EVAL_MODELS]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n\nSources:\n" + ref.sources_markdown()
+
+
+def write_json_atomic(path: str, obj) -> None:
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".results-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_model(workdir=None, hf=None, step=None, dtype=""):
+    """(model config, params) from a run (gpt2jax.checkpoint) or a Hugging Face dir (gpt2jax.convert)."""
+    if bool(workdir) == bool(hf):
+        raise app.UsageError("give exactly one of --workdir or --hf")
+    if workdir:
+        from gpt2jax.checkpoint import load_params
+
+        config, params = load_params(workdir, step)
+    else:
+        from gpt2jax.convert import from_hf
+
+        config, params = from_hf(hf)
+    model_cfg = config.model if hasattr(config, "model") else config
+    if dtype:
+        model_cfg = copy.deepcopy(model_cfg)
+        model_cfg.dtype = dtype
+    return model_cfg, params
+
+
+def data_parallel(params, batch_size: int):
+    """With several devices: replicate the params, shard batches over all devices (batch axis)."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    devices = jax.devices()
+    if len(devices) == 1:
+        return params, None, batch_size
+    mesh = Mesh(np.array(devices), ("data",))
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    n = len(devices)
+    return params, NamedSharding(mesh, P("data")), -(-batch_size // n) * n
+
+
+def main(argv):
+    del argv
+    from gpt2jax.eval import tasks as T
+    from gpt2jax.eval.scoring import Scorer
+
+    names = list(T.TASKS) if FLAGS.tasks == "all" else [t for t in FLAGS.tasks.split(",") if t]
+    for name in names:
+        T.get_task(name)
+    missing = []
+    for name in names:  # all missing files at once, before any model is loaded
+        try:
+            T.require(name, FLAGS.tasks_dir, T.get_task(name).files)
+        except T.MissingTaskData as e:
+            missing.append(str(e))
+    if missing:
+        sys.exit("\n".join(missing))
+
+    model_cfg, params = load_model(FLAGS.workdir, FLAGS.hf, FLAGS.step, FLAGS.dtype)
+    params, sharding, batch_size = data_parallel(params, FLAGS.batch_size)
+    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=FLAGS.progress)
+    results = {}
+    for name in names:
+        t0 = time.perf_counter()
+        results[name] = T.run_task(scorer, name, FLAGS.tasks_dir, FLAGS.limit or None)
+        st = scorer.last_stats
+        print(
+            f"{name}: {json.dumps(results[name])}  [{time.perf_counter() - t0:.1f}s, "
+            f"{st.tokens_per_s:,.0f} tokens/s, {st.batches} batches, {st.compiles} compiles]",
+            flush=True,
+        )
+        write_json_atomic(FLAGS.out, results)
+    print()
+    print(markdown_table(results))
+    print(f"\nwrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
