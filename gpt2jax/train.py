@@ -57,7 +57,12 @@ class Trainer:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.param_sharding
         )
         opt_init = jax.jit(self.optimizer.init, in_shardings=(self.param_sharding,))
-        self.opt_sharding = opt_init.lower(self.abstract_params).compile().output_shardings
+        # Optimizer state takes the shardings XLA propagates from the parameters (moments mirror
+        # them); scalars such as the step count come back unplaced and are replicated on the mesh.
+        self.opt_sharding = jax.tree.map(
+            lambda s: s if isinstance(s, NamedSharding) else self.replicated,
+            opt_init.lower(self.abstract_params).compile().output_shardings,
+        )
         opt_shapes = jax.eval_shape(self.optimizer.init, shapes)
         self.abstract_opt_state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_shapes, self.opt_sharding
@@ -124,7 +129,7 @@ class Trainer:
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
             (loss, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
             loss, grads = jax.tree.map(lambda a: a / accum, (loss, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "grad_norm": grad_norm}
@@ -370,8 +375,9 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
 # ---------------------------------------------------------------------------------------------
 def main(argv):
     del argv
-    from absl import flags
+    from absl import flags, logging
 
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
     config = flags.FLAGS.config
     summary = train(config, flags.FLAGS.workdir)
     if summary["val_loss"] is not None:
