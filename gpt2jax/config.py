@@ -10,6 +10,7 @@ Sections:
   train       the loop: steps, global batch, seed, logging/eval cadence, fine-tuning start point
   optim       AdamW, warmup + cosine schedule, clipping, gradient accumulation
   checkpoint  how often to save and how many to keep
+  eval        zero-shot tasks (gpt2jax/eval) run during training
   mesh        device mesh (data, fsdp, tensor) and the logical-axis rules (see gpt2jax/sharding.py)
 """
 
@@ -93,6 +94,15 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            tasks="",  # zero-shot tasks run during training, e.g. 'hellaswag,lambada' ('' = none)
+            tasks_dir="",  # where their files are (see docs/evaluation.md)
+            every=0,  # run them every this many steps (0 = only at the end)
+            limit=0,  # examples per task (0 = all)
+            batch_size=16,
+        )
+    )
     c.mesh = ml_collections.ConfigDict(
         dict(data=-1, fsdp=1, tensor=1, rules=tuple((k, v) for k, v in DEFAULT_RULES))
     )
@@ -163,6 +173,12 @@ def validate(config) -> None:
         "train.batch_size",
         f"{t.batch_size} is not divisible by optim.accum_steps={o.accum_steps}",
     )
+
+    ev = config.eval
+    _check(ev.every >= 0, "eval.every", f"must be >= 0, got {ev.every}")
+    _check(ev.limit >= 0, "eval.limit", f"must be >= 0, got {ev.limit}")
+    _check(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    _check(not ev.tasks or bool(ev.tasks_dir), "eval.tasks_dir", "is required when eval.tasks is set")
 
     ck = config.checkpoint
     _check(ck.every >= 0, "checkpoint.every", f"must be >= 0 (0 = only at the end), got {ck.every}")

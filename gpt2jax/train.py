@@ -247,6 +247,21 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _run_eval_tasks(config, params, step, writer, bar) -> dict:
+    """Zero-shot tasks during training, logged as eval/<task>/<metric> rows."""
+    from gpt2jax.eval.tasks import evaluate_tasks, flatten
+
+    ev = config.eval
+    results = evaluate_tasks(
+        config.model, params, ev.tasks, ev.tasks_dir, limit=ev.limit or None, batch_size=ev.batch_size
+    )
+    row = {"step": step, **flatten(results)}
+    writer.write(row)
+    if bar is not None:
+        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+    return results
+
+
 def train(config, workdir: str, *, progress: bool = True) -> dict:
     """Train (or resume) a run in `workdir`. Returns a summary: final step, val loss, timing."""
     config_lib.validate(config)
@@ -350,6 +365,10 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
                 if bar is not None:
                     bar.write(f"step {step}: val_loss {val_loss:.4f}")
                 last_log_t = time.perf_counter()  # keep eval time out of tokens/s
+            ev = config.eval
+            if ev.tasks and ((ev.every and step % ev.every == 0) or step == steps_total):
+                _run_eval_tasks(config, params, step, writer, bar)
+                last_log_t = time.perf_counter()
             if config.checkpoint.every and step % config.checkpoint.every == 0 and step < steps_total:
                 save(step)
             if stop.requested:

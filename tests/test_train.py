@@ -150,3 +150,18 @@ def test_missing_data_is_one_clear_error(tmp_path, cache_dir):
     with pytest.raises(Exception, match="prepare"):
         train(c, str(tmp_path / "wd"), progress=False)
     assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+def test_zero_shot_tasks_during_training(shakespeare_dir, cache_dir, tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    lines = ["The king said that he would see the queen", "Give me your hand and let us go to dinner"]
+    (tasks / "lambada_test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    c = tiny_config(shakespeare_dir, cache_dir, num_steps=4, eval_batches=1)
+    c.eval.tasks, c.eval.tasks_dir, c.eval.every = "lambada", str(tasks), 2
+    train(c, str(tmp_path / "wd"), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in rows if "eval/lambada/acc" in r]
+    assert [r["step"] for r in ev] == [2, 4]
+    for r in ev:
+        assert 0.0 <= r["eval/lambada/acc"] <= 1.0 and r["eval/lambada/perplexity"] > 1.0
