@@ -24,6 +24,7 @@ import ml_collections
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("xla", "cudnn")
 REMAT = ("none", "full", "dots", "dots_no_batch")
+NONFINITE = ("stop", "skip")
 
 # Logical axis -> mesh axis (or axes). Parameters and activations are annotated with the logical
 # names; these rules decide how they are laid out on the mesh. See gpt2jax/sharding.py.
@@ -78,6 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
             profile_start=-1,  # step at which to start a profiler trace (-1: never)
             profile_steps=5,
             peak_tflops=0.0,  # per-device peak for MFU; 0 = look up the device kind
+            nonfinite="stop",  # non-finite loss/grads: 'stop' (error naming the step) | 'skip' the update
+            stop_after=0,  # stop (save and exit, as on SIGTERM) after this step; 0 = run to num_steps
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -93,7 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
             accum_steps=1,  # micro-batches per optimizer step
         )
     )
-    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+    # keep: the latest checkpoints kept; keep_every: also keep every step divisible by it (0 = off).
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, keep_every=0))
     c.eval = ml_collections.ConfigDict(
         dict(
             tasks="",  # zero-shot tasks run during training, e.g. 'hellaswag,lambada' ('' = none)
@@ -107,6 +111,27 @@ def get_config() -> ml_collections.ConfigDict:
         dict(data=-1, fsdp=1, tensor=1, rules=tuple((k, v) for k, v in DEFAULT_RULES))
     )
     c.lock()
+    return c
+
+
+def gpt2_config(n_layer: int, n_embd: int, n_head: int, lr: float) -> ml_collections.ConfigDict:
+    """A GPT-2 size (context 1024) with the training defaults of common GPT-2 reproductions
+    (nanoGPT / llm.c): 0.5M-token batches (512 x 1024 via 16 accumulation steps), AdamW (0.9, 0.95),
+    weight decay 0.1, 2000 warmup steps then cosine to lr/10. Peak lr per size as in the GPT-3 paper's
+    table 2.1. Point data.dir at a prepared corpus (e.g. OpenWebText or FineWeb, see README)."""
+    c = get_config()
+    c.model.n_layer, c.model.n_embd, c.model.n_head = n_layer, n_embd, n_head
+    c.model.block_size = 1024
+    c.data.dir = "data/openwebtext"
+    c.train.num_steps = 600_000
+    c.train.batch_size = 512
+    c.train.eval_every = 2000
+    c.train.eval_batches = 100
+    c.optim.lr = lr
+    c.optim.min_lr = lr / 10
+    c.optim.warmup_steps = 2000
+    c.optim.accum_steps = 16
+    c.checkpoint.every = 2000
     return c
 
 
@@ -183,6 +208,9 @@ def validate(config) -> None:
     ck = config.checkpoint
     _check(ck.every >= 0, "checkpoint.every", f"must be >= 0 (0 = only at the end), got {ck.every}")
     _check(ck.keep >= 1, "checkpoint.keep", f"must be >= 1, got {ck.keep}")
+    _check(ck.keep_every >= 0, "checkpoint.keep_every", f"must be >= 0 (0 = off), got {ck.keep_every}")
+    _check(t.nonfinite in NONFINITE, "train.nonfinite", f"must be one of {NONFINITE}, got {t.nonfinite!r}")
+    _check(t.stop_after >= 0, "train.stop_after", f"must be >= 0 (0 = off), got {t.stop_after}")
 
     mesh = config.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]
