@@ -4,7 +4,13 @@ Layout: WORKDIR/checkpoints/<step>/{params, opt_state, meta}. `meta` is JSON hol
 full config, the loader position (the next step's index and the data seed: the batch for step s is a
 pure function of (seed, s), so this is all the loader needs) and the RNG seed. Orbax writes each step
 to a temporary directory and renames it when complete, so only committed checkpoints are listed and
-restored; a run killed mid-save leaves a temporary directory that is ignored.
+restored; a run killed mid-save leaves a temporary directory that is ignored (and removed at the next
+start).
+
+Orbax does not detect a flipped bit in an array file (it restores the wrong value silently), so `save`
+also stores a fingerprint of every array in `meta` -- a position-weighted sum of its bits modulo 2**32,
+computed on device and independent of the sharding -- and `restore` checks it: a corrupted file is a
+`CorruptCheckpointError` naming the array, never silently wrong weights.
 
 A checkpoint made by `convert` (imported weights) holds params and meta only; `load_params` reads just
 the params item, so it accepts both kinds.
@@ -13,10 +19,14 @@ the params item, so it accepts both kinds.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 from etils import epath
 
 from gpt2jax import config as config_lib
@@ -26,6 +36,10 @@ PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit what is asked of it."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A committed checkpoint cannot be read back intact (truncated, corrupted or missing files)."""
 
 
 def checkpoint_dir(path) -> epath.Path:
@@ -39,13 +53,21 @@ def checkpoint_dir(path) -> epath.Path:
 class Checkpointer:
     """Saves and restores training state in WORKDIR/checkpoints."""
 
-    def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self, workdir, *, keep: int = 3, keep_every: int = 0, async_save: bool = True, read_only: bool = False
+    ):
         self.directory = epath.Path(os.path.expanduser(str(workdir))) / "checkpoints"
         if read_only:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:
+            # The latest `keep`, plus every step divisible by `keep_every` (when > 0).
+            policies = [preservation.LatestN(n=keep)]
+            if keep_every:
+                policies.append(preservation.EveryNSteps(interval_steps=keep_every))
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+                preservation_policy=preservation.AnyPreservationPolicy(policies),
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
             )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(PARAMS, OPT_STATE, META)
@@ -58,6 +80,9 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, params, opt_state, meta: dict, force: bool = False) -> bool:
+        meta = {**meta, "fingerprints": {PARAMS: fingerprint(params)}}
+        if opt_state is not None:
+            meta["fingerprints"][OPT_STATE] = fingerprint(opt_state)
         items = {PARAMS: ocp.args.StandardSave(params), META: ocp.args.JsonSave(meta)}
         if opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
@@ -73,9 +98,42 @@ class Checkpointer:
         items = {PARAMS: ocp.args.StandardRestore(abstract_params), META: ocp.args.JsonRestore()}
         if abstract_opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardRestore(abstract_opt_state)
-        check_shapes(self.read_meta(step), abstract_params, where=str(self.directory / str(step)))
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return out[PARAMS], out.get(OPT_STATE) if abstract_opt_state is not None else None, out[META]
+        where = str(self.directory / str(step))
+        try:
+            meta = self.read_meta(step)
+        except Exception as e:
+            raise CorruptCheckpointError(f"{where}: cannot read its meta item ({type(e).__name__}: {e})") from e
+        check_shapes(meta, abstract_params, where=where)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            raise CorruptCheckpointError(f"{where}: cannot be restored ({type(e).__name__}: {e})") from e
+        opt_state = out.get(OPT_STATE) if abstract_opt_state is not None else None
+        saved = meta.get("fingerprints") or {}
+        for name, tree in ((PARAMS, out[PARAMS]), (OPT_STATE, opt_state)):
+            if tree is not None and name in saved:
+                verify_fingerprint(tree, saved[name], where=f"{where}/{name}")
+        return out[PARAMS], opt_state, out[META]
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process at the same step once JAX's preemption service has seen a SIGTERM
+        (multi-process runs only; Orbax's sync point)."""
+        return self.manager.reached_preemption(step)
+
+    def quarantine(self, step: int) -> str:
+        """Move a bad committed step out of the way (to WORKDIR/corrupt_checkpoints/) so that the
+        step can be written again; nothing is deleted. Returns the new path."""
+        dest_dir = self.directory.parent / "corrupt_checkpoints"
+        dest = dest_dir / f"{step}.{int(time.time())}"
+        if jax.process_index() == 0:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"gpt2jax_quarantine_{step}")
+        self.manager.reload()
+        return str(dest)
 
     def _step(self, step):
         if step is None:
@@ -114,6 +172,66 @@ def check_shapes(meta: dict, abstract_params, where: str) -> None:
                 f"{where}: parameter {name!r} has shape {tuple(saved[name])} in the checkpoint but the "
                 f"model expects {tuple(shape)}: the checkpoint belongs to another model shape"
             )
+
+
+def _leaf_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+@jax.jit
+def _fingerprints(leaves):
+    out = []
+    for x in leaves:
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        bits = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+        u = jax.lax.bitcast_convert_type(x, bits)
+        if x.dtype.itemsize == 8:  # fold the high word in
+            u = (u ^ (u >> 32)).astype(jnp.uint32)
+        u = u.astype(jnp.uint32).reshape(-1)
+        # Odd weights: any single flipped bit changes the sum mod 2**32; positions catch swaps.
+        w = jax.lax.iota(jnp.uint32, u.shape[0]) * jnp.uint32(2654435761) | jnp.uint32(1)
+        out.append(jnp.sum(u * w, dtype=jnp.uint32))
+    return jnp.stack(out) if out else jnp.zeros((0,), jnp.uint32)
+
+
+def fingerprint(tree) -> list[int]:
+    """One uint32 per array of `tree` (in leaf order): the same on any mesh or device count."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return []
+    out = _fingerprints(leaves)
+    if not out.is_fully_addressable:
+        out = out.addressable_shards[0].data
+    return [int(v) for v in np.asarray(out)]
+
+
+def verify_fingerprint(tree, expected: list[int], where: str) -> None:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    got = fingerprint([x for _, x in flat])
+    if len(got) != len(expected):
+        raise CorruptCheckpointError(f"{where}: {len(got)} arrays restored but {len(expected)} were saved")
+    for (path, _), g, e in zip(flat, got, expected):
+        if g != e:
+            raise CorruptCheckpointError(
+                f"{where}: array {_leaf_name(path)!r} does not match the fingerprint saved with it "
+                "(a corrupted file?)"
+            )
+
+
+def check_compatible(path, model_config, step: int | None = None) -> None:
+    """Raise CheckpointError naming the first parameter of the checkpoint at `path` whose shape does
+    not fit `model_config` -- from its meta alone, without compiling or reading arrays."""
+    from gpt2jax.model import init_params
+
+    cdir = checkpoint_dir(path)
+    if not cdir.exists():
+        raise CheckpointError(f"no checkpoints directory at {path}")
+    ck = Checkpointer(cdir.parent, read_only=True)
+    step = ck._step(step)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # abstract: eval_shape runs nothing
+    check_shapes(ck.read_meta(step), jax.eval_shape(lambda k: init_params(model_config, k), key),
+                 where=str(ck.directory / str(step)))
 
 
 def make_meta(step: int, config, params, **extra) -> dict:
