@@ -131,6 +131,15 @@ def _dtype(name: str):
     return jnp.dtype(name)
 
 
+def constrain(x, names: tuple):
+    """Name an activation's axes logically (e.g. ('batch', 'seq', 'embed')). A no-op unless the caller
+    set flax logical-axis rules and a mesh (gpt2jax.sharding.activation_context, used by the trainer);
+    then XLA is told to lay the activation out as config.mesh.rules say."""
+    if not nn.get_logical_axis_rules():
+        return x
+    return nn.with_logical_constraint(x, names)
+
+
 def layer_norm(x, p):
     """LayerNorm in fp32, returned in x's dtype."""
     xf = x.astype(jnp.float32)
@@ -250,12 +259,16 @@ class GPT2(nn.Module):
 
     def _embed(self, p, tokens_BT, positions_T):
         dt = _dtype(self.config.dtype)
-        return (p["wte"][tokens_BT] + p["wpe"][positions_T][None]).astype(dt)
+        # Look rows up in a table gathered along 'embed' (as the tied LM head uses it anyway), so the
+        # result comes out sharded like the tokens (batch) rather than along 'embed'.
+        wte = constrain(p["wte"], ("vocab", None))
+        return (wte[tokens_BT] + p["wpe"][positions_T][None]).astype(dt)
 
     def _head(self, p, x_BTD):
         cfg = self.config
         x = layer_norm(x_BTD, p["ln_f"])
         logits = jnp.einsum("btd,vd->btv", x, p["wte"].astype(x.dtype)).astype(jnp.float32)
+        logits = constrain(logits, ("batch", "seq", "vocab"))
         real = jnp.arange(logits.shape[-1]) < cfg.vocab_size
         return jnp.where(real, logits, NEG_INF)
 
@@ -268,14 +281,14 @@ class GPT2(nn.Module):
         key = None
         if not deterministic and cfg.dropout > 0.0:
             key = self.make_rng("dropout")
-        x = self._embed(p, tokens_BT, jnp.arange(T))
+        x = constrain(self._embed(p, tokens_BT, jnp.arange(T)), ("batch", "seq", "embed"))
         if key is not None:
             key, k0 = jax.random.split(key)
             x = _dropout(x, cfg.dropout, k0)
 
         def body(x, layer):
             lp, k = layer
-            return block(lp, x, cfg=cfg, key=k), None
+            return constrain(block(lp, x, cfg=cfg, key=k), ("batch", "seq", "embed")), None
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)

@@ -9,6 +9,7 @@ maps logical names to mesh axes. Nothing here hard-codes a device count.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import flax.linen as nn
@@ -67,16 +68,17 @@ def param_shardings(config, mesh: Mesh):
     r = rules(config)
     specs = logical_specs(config.model)
     shapes = param_shapes(config.model)
-    rule_map = dict(r)
 
     def check(spec, shape, path):
-        for name, dim in zip(spec, shape):
-            axes = rule_map.get(name) if name else None
+        # The mesh axes flax actually assigns (rules in order; a mesh axis used by an earlier
+        # dimension is not reused), so the check matches the sharding that is built.
+        mesh_axes = nn.logical_to_mesh_axes(tuple(spec), r)
+        for name, dim, axes in zip(spec, shape, mesh_axes):
             n = _mesh_size(mesh, axes)
             if dim % n:
                 raise ConfigError(
                     f"config.mesh: parameter {path} dimension '{name}' of size {dim} is not divisible by "
-                    f"mesh axes {axes} of size {n}"
+                    f"mesh axes {axes} of size {n} (change config.mesh sizes or config.mesh.rules)"
                 )
 
     flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
@@ -84,6 +86,16 @@ def param_shardings(config, mesh: Mesh):
     for (path, spec), shape in zip(flat_specs, flat_shapes):
         check(spec, shape, "/".join(str(getattr(k, "key", k)) for k in path))
     return nn.logical_to_mesh_sharding(specs, mesh, r)
+
+
+@contextlib.contextmanager
+def activation_context(config, mesh: Mesh):
+    """Inside a jitted function: lets the model's logical activation constraints
+    (`flax.linen.with_logical_constraint`, e.g. x_BTD as ('batch', 'seq', 'embed')) resolve through
+    config.mesh.rules onto `mesh`. Outside this context those constraints are no-ops, so the model
+    itself knows nothing about meshes."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules(config)):
+        yield
 
 
 def batch_spec(config) -> P:
@@ -109,3 +121,29 @@ def check_batch(config, mesh: Mesh) -> None:
             f"{config.optim.accum_steps} = {micro} sequences per micro-batch is not divisible by the "
             f"{n} data-parallel devices of the mesh"
         )
+
+
+def process_batch_slice(sharding: NamedSharding, global_shape) -> tuple[int, int]:
+    """(index, count) such that this process must supply rows [index * n, (index + 1) * n) of the
+    global batch, n = global_batch // count: the rows its devices hold under `sharding`. With the
+    batch split over processes this is usually (process_index, process_count); when a process's
+    devices hold replicated batch rows (e.g. a tensor axis spanning hosts) it loads more. Feed it to
+    gpt2jax.data.loader.train_batch / eval_batch as (process_index, process_count)."""
+    B = global_shape[0]
+    rows = sorted(
+        {(idx[0].start or 0, B if idx[0].stop is None else idx[0].stop)
+         for idx in sharding.addressable_devices_indices_map(tuple(global_shape)).values()}
+    )
+    start, stop = rows[0][0], rows[-1][1]
+    covered = start
+    for a, b in rows:
+        if a > covered:
+            raise ConfigError(
+                f"config.mesh: process {jax.process_index()} holds non-contiguous rows {rows} of the "
+                f"global batch; order the mesh so each host's devices hold one block of the batch"
+            )
+        covered = max(covered, b)
+    n = stop - start
+    if B % n or start % n:
+        raise ConfigError(f"config.mesh: process rows [{start}, {stop}) do not tile the batch of {B}")
+    return start // n, B // n

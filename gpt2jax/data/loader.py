@@ -11,6 +11,11 @@ per epoch.
 ``SeedSequence([seed, e])``. Any step can be produced without replay, and an
 epoch visits every window exactly once. Each process reads only its contiguous
 rows ``[p * local, (p + 1) * local)`` of the global batch.
+
+Where the files live: a local directory is memory-mapped. A URL (``gs://bucket/data``, ``s3://``,
+``memory://`` ...) is read through fsspec by byte ranges -- one range per window, fetched together
+with ``cat_ranges`` -- so a host only ever downloads the windows of its own rows, never whole files
+(``gs://`` needs the ``gcsfs`` package).
 """
 
 from __future__ import annotations
@@ -28,19 +33,29 @@ class TokenDataset:
 
     def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int = 50257):
         self.data_dir, self.split, self.seq_len = data_dir, split, int(seq_len)
-        meta_path = os.path.join(data_dir, "meta.json")
-        bin_path = os.path.join(data_dir, f"{split}.bin")
-        missing = [p for p in (meta_path, bin_path) if not os.path.isfile(p)]
+        data_dir = str(data_dir)
+        self._fs = None if _is_local(data_dir) else _url_to_fs(data_dir)
+        if self._fs is None:
+            data_dir = data_dir.removeprefix("file://")
+            meta_path = os.path.join(data_dir, "meta.json")
+            bin_path = os.path.join(data_dir, f"{split}.bin")
+            isfile, getsize, open_ = os.path.isfile, os.path.getsize, open
+        else:
+            fs = self._fs[0]
+            meta_path = data_dir.rstrip("/") + "/meta.json"
+            bin_path = data_dir.rstrip("/") + f"/{split}.bin"
+            isfile, getsize, open_ = fs.isfile, fs.size, fs.open
+        missing = [p for p in (meta_path, bin_path) if not isfile(p)]
         if missing:
             raise DataNotFoundError(
                 f"prepared data not found: missing {', '.join(missing)}. Create it with "
                 f"`python -m gpt2jax.prepare --source=SOURCE --out_dir={data_dir}`")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
+        with open_(meta_path, "rb") as f:
+            self.meta = json.loads(f.read())
         info = self.meta.get("splits", {}).get(split)
         if self.meta.get("dtype") != "uint16" or info is None:
             raise DataError(f"{meta_path}: expected dtype uint16 and a split {split!r}")
-        size = os.path.getsize(bin_path)
+        size = getsize(bin_path)
         if size % 2:
             raise DataError(f"{bin_path}: {size} bytes is not a whole number of uint16 "
                             "tokens (truncated or corrupt file?)")
@@ -54,7 +69,9 @@ class TokenDataset:
         if self.num_tokens < self.seq_len + 1:
             raise DataError(f"split {split!r} in {data_dir} has {self.num_tokens} tokens, "
                             f"fewer than seq_len + 1 = {self.seq_len + 1}")
-        self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r")
+        self.bin_path = bin_path
+        # Local: the whole file memory-mapped. Remote: None; windows() reads byte ranges.
+        self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if self._fs is None else None
         self.num_windows = (self.num_tokens - 1) // self.seq_len
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
@@ -76,7 +93,41 @@ class TokenDataset:
     def windows(self, idx: np.ndarray) -> np.ndarray:
         """int32 ``[len(idx), seq_len + 1]``: the windows with indices ``idx``."""
         starts = np.asarray(idx, np.int64) * self.seq_len
+        if self.tokens is None:
+            return self._read_ranges(starts)
         return self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
+
+    def _read_ranges(self, starts: np.ndarray) -> np.ndarray:
+        """The non-mmap reader: one byte range per window, fetched in one ``cat_ranges`` call."""
+        n = self.seq_len + 1
+        out = np.empty((len(starts), n), np.int32)
+        if not len(starts):
+            return out
+        byte_starts = [int(s) * 2 for s in starts]
+        chunks = self._fs[0].cat_ranges(
+            [self.bin_path] * len(starts), byte_starts, [b + 2 * n for b in byte_starts]
+        )
+        for i, chunk in enumerate(chunks):
+            if isinstance(chunk, Exception):
+                raise chunk
+            if len(chunk) != 2 * n:
+                raise DataError(f"{self.bin_path}: short read of window at token {starts[i]} "
+                                f"({len(chunk)} of {2 * n} bytes)")
+            out[i] = np.frombuffer(chunk, dtype="<u2")
+        return out
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _url_to_fs(url: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:  # e.g. gs:// without gcsfs
+        raise DataError(f"{url}: reading this filesystem needs an extra package ({e})") from e
 
 
 def _rows(global_batch: int, process_index: int, process_count: int) -> np.ndarray:
