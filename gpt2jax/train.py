@@ -140,9 +140,16 @@ class Trainer:
             (loss, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
             loss, grads = jax.tree.map(lambda a: a / accum, (loss, grads))
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": grad_norm}
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if cfg.train.nonfinite == "skip":
+            # A non-finite loss or gradient leaves parameters and optimizer state (its step count
+            # included) exactly as they were; the host counts and logs the skipped step.
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_params = jax.tree.map(keep, new_params, params)
+            new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        return new_params, new_opt_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     def _eval_step(self, params, batch_BT1):
         return self._loss(params, batch_BT1, None)
@@ -216,7 +223,14 @@ def _atomic_write_json(path: str, obj: Any) -> None:
 
 
 def _check_resume_config(saved: dict, config) -> None:
+    """Refuse to resume when a field of the model, optimizer or data sections (or the batch size,
+    sequence length or seed) differs from the checkpoint's config, naming every such field. Other
+    fields -- num_steps, logging/eval/checkpoint intervals, the mesh ... -- may change."""
     now = config_lib.to_dict(config)
+    try:  # fields added to the schema after the checkpoint was written compare at their defaults
+        saved = config_lib.to_dict(config_lib.from_dict(saved))
+    except config_lib.ConfigError:
+        pass
     changed = []
     for section in FROZEN_ON_RESUME:
         for k, v in now[section].items():
@@ -232,6 +246,110 @@ def _check_resume_config(saved: dict, config) -> None:
         )
 
 
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient with train.nonfinite='stop'. `step` is the bad update's step."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class _closing_on_error:
+    """On an exception out of the loop: wait for in-flight (good) checkpoint saves and close the
+    metrics files before it propagates."""
+
+    def __init__(self, ckpt, writer, bar):
+        self.objs = (ckpt, writer, bar)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            for o in self.objs:
+                try:
+                    if o is not None:
+                        o.close()
+                except Exception:
+                    pass
+        return False
+
+
+def _abstract_param_shapes(model_cfg):
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # abstract: eval_shape runs (and compiles) nothing
+    return jax.eval_shape(lambda k: init_params(model_cfg, k), key)
+
+
+def _precheck_checkpoints(ckpt, config) -> None:
+    """Before anything compiles: the checkpoint a resume will start from (the latest whose meta
+    reads) must be of this experiment and this model shape; so must train.init_from's on a fresh
+    start. Raise ConfigError / CheckpointError naming the field or the first mismatched parameter."""
+    for step in reversed(ckpt.all_steps()):
+        try:
+            meta = ckpt.read_meta(step)
+            saved = meta["config"]
+        except Exception:
+            continue  # unreadable: _restore_latest reports it and falls back
+        _check_resume_config(saved, config)
+        ckpt_lib.check_shapes(meta, _abstract_param_shapes(config.model), where=f"{ckpt.directory}/{step}")
+        return
+    if not ckpt.all_steps() and config.train.init_from:
+        ckpt_lib.check_compatible(config.train.init_from, config.model)
+
+
+def _restore_latest(ckpt, trainer, config):
+    """(step, params, opt_state, meta) from the latest committed checkpoint that reads back intact,
+    or None when there is none. One that does not (truncated, corrupted, fingerprint mismatch) is
+    moved to WORKDIR/corrupt_checkpoints/ with a warning and the one before it is used."""
+    bad = []
+    for step in reversed(ckpt.all_steps()):
+        where = f"{ckpt.directory}/{step}"
+        try:
+            try:
+                saved = ckpt.read_meta(step)["config"]
+            except Exception as e:
+                raise ckpt_lib.CorruptCheckpointError(f"{where}: cannot read its meta ({type(e).__name__}: {e})") from e
+            _check_resume_config(saved, config)
+            params, opt_state, meta = ckpt.restore(step, trainer.abstract_params, trainer.abstract_opt_state)
+        except ckpt_lib.CorruptCheckpointError as e:
+            moved = ckpt.quarantine(step)
+            print(f"WARNING: checkpoint step {step} is unusable, moved to {moved}: {str(e)[:2000]}", flush=True)
+            bad.append(step)
+            continue
+        if opt_state is None:
+            raise ckpt_lib.CheckpointError(f"{where} holds no optimizer state to resume")
+        return step, params, opt_state, meta
+    if bad:
+        raise ckpt_lib.CheckpointError(
+            f"no intact checkpoint left in {ckpt.directory}: steps {bad} were unusable and are kept in "
+            f"{ckpt.directory.parent / 'corrupt_checkpoints'}; starting again trains from step 0"
+        )
+    return None
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Keep the metrics rows of steps <= last_step (and drop a torn last line)."""
+    if not os.path.exists(path):
+        return
+    keep, changed = [], False
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                ok = row["step"] <= last_step
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok and line.endswith("\n"):
+                keep.append(line)
+            else:
+                changed = True
+    if changed:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+
+
 def setup_compile_cache(path: str) -> None:
     if path:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
@@ -240,15 +358,16 @@ def setup_compile_cache(path: str) -> None:
 class _StopFlag:
     """SIGTERM/SIGINT ask the loop to finish the current step, save and exit."""
 
-    def __init__(self):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.requested = False
+        self.signals = tuple(signals)
         self._old = {}
 
     def __enter__(self):
         def handler(signum, _frame):
             self.requested = True
 
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in self.signals:
             try:
                 self._old[s] = signal.signal(s, handler)
             except ValueError:  # not the main thread
@@ -287,15 +406,20 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
     train_ds = loader.TokenDataset(config.data.dir, "train", T, vocab)
     val_ds = loader.TokenDataset(config.data.dir, "val", T, vocab)
 
-    trainer = Trainer(config)
     is_main = jax.process_index() == 0
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
-    start = ckpt.latest_step()
-    if start is not None:
-        _check_resume_config(ckpt.read_meta(start)["config"], config)
-        params, opt_state, meta = ckpt.restore(start, trainer.abstract_params, trainer.abstract_opt_state)
-        if opt_state is None:
-            raise ckpt_lib.CheckpointError(f"{ckpt.directory}/{start} holds no optimizer state to resume")
+    multi_process = jax.process_count() > 1
+    ckpt = ckpt_lib.Checkpointer(
+        workdir, keep=config.checkpoint.keep, keep_every=config.checkpoint.keep_every
+    )
+    # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
+    _precheck_checkpoints(ckpt, config)
+
+    trainer = Trainer(config)
+    skipped = 0
+    restored = _restore_latest(ckpt, trainer, config)
+    if restored is not None:
+        start, params, opt_state, meta = restored
+        skipped = int(meta.get("skipped_steps", 0))
         print(f"resuming from step {start} in {ckpt.directory}", flush=True)
     else:
         start = 0
@@ -311,15 +435,52 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
     info = run_info(config, params)
     if is_main:
         _atomic_write_json(os.path.join(workdir, "run.json"), info)
+        # Rows of steps after the restored one (written before a crash) are redone: drop them.
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = metrics_lib.Writer(workdir, enabled=is_main)
     peak = metrics_lib.peak_flops_per_device(config.train)
     fpt = info["flops_per_token"]
 
     def save(step):
+        check_finite()  # never commit a state reached through a non-finite update
         meta = ckpt_lib.make_meta(
-            step, config, params, loader={"next_step": step, "seed": config.train.seed}
+            step,
+            config,
+            params,
+            # The batch of step s is a pure function of (data seed, s), and the dropout key is
+            # fold_in(PRNGKey(seed), s): the step and the seed are the whole loader and RNG state.
+            loader={"next_step": step, "seed": config.train.seed},
+            rng={"seed": config.train.seed, "next_step": step},
+            skipped_steps=skipped,
         )
         ckpt.save(step, params, opt_state, meta, force=True)
+
+    pending: list = []  # (step, outputs) of updates not yet checked for finiteness
+
+    def check_finite():
+        """Read the finiteness flags of the pending steps (one device sync, done only at log and
+        save points): count skipped updates, or stop naming the first bad step."""
+        nonlocal skipped
+        if not pending:
+            return
+        flags = jax.device_get([o["finite"] for _, o in pending])
+        bad = [(s, o) for (s, o), ok in zip(pending, flags) if not ok]
+        pending.clear()
+        if not bad:
+            return
+        if config.train.nonfinite == "skip":
+            skipped += len(bad)
+            print(f"skipped non-finite update(s) at step(s) {[s for s, _ in bad]} ({skipped} in all)", flush=True)
+            return
+        s, o = bad[0]
+        loss, gnorm = float(o["loss"]), float(o["grad_norm"])
+        what = "loss" if not np.isfinite(loss) else "gradient"
+        raise NonFiniteError(
+            f"non-finite {what} at step {s} (loss {loss}, grad_norm {gnorm}): stopped without saving; "
+            f"the latest checkpoint is step {ckpt.latest_step()}. Lower optim.lr, or set "
+            "train.nonfinite='skip' to skip such updates",
+            step=s,
+        )
 
     t_cfg = config.train
     steps_total = t_cfg.num_steps
@@ -334,8 +495,14 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
     train_start_t = time.perf_counter()
     profiling = False
     step = start
-    with _StopFlag() as stop:
+    # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
+    # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
+    stop_signals = () if multi_process else (signal.SIGTERM, signal.SIGINT)
+    with _StopFlag(stop_signals) as stop, _closing_on_error(ckpt, writer, bar):
         while step < steps_total:
+            if t_cfg.stop_after and step >= t_cfg.stop_after:
+                print(f"stopping at step {step} (train.stop_after={t_cfg.stop_after})", flush=True)
+                break
             if step == t_cfg.profile_start and not profiling:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
                 profiling = True
@@ -345,6 +512,7 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
             )
             losses.append(out["loss"])
             step += 1
+            pending.append((step, out))
             if profiling and step >= t_cfg.profile_start + t_cfg.profile_steps:
                 jax.block_until_ready(params)
                 jax.profiler.stop_trace()
@@ -352,7 +520,10 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
             if bar is not None:
                 bar.update(1)
             if step % t_cfg.log_every == 0 or step == steps_total:
-                loss = float(np.mean(jax.device_get(losses)))
+                check_finite()
+                vals = np.asarray(jax.device_get(losses))
+                vals = vals[np.isfinite(vals)]  # skipped updates' losses are left out
+                loss = float(np.mean(vals)) if vals.size else None
                 losses = []
                 now = time.perf_counter()
                 tps = (step - last_log_step) * B * T / max(now - last_log_t, 1e-9)
@@ -366,11 +537,13 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
                     "tokens": step * B * T,
                     "tokens_per_sec": tps,
                     "mfu": mfu,
+                    "skipped_steps": skipped,
                 }
                 writer.write(row)
-                if bar is not None:
+                if bar is not None and loss is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             if (t_cfg.eval_every and step % t_cfg.eval_every == 0) or step == steps_total:
+                check_finite()
                 val_loss = trainer.evaluate(params, val_ds, t_cfg.eval_batches)
                 writer.write({"step": step, "val_loss": val_loss})
                 if bar is not None:
@@ -382,13 +555,14 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
                 last_log_t = time.perf_counter()
             if config.checkpoint.every and step % config.checkpoint.every == 0 and step < steps_total:
                 save(step)
-            if stop.requested:
+            if stop.requested or (multi_process and ckpt.reached_preemption(step)):
                 print(f"stop requested: saving step {step} and exiting", flush=True)
                 break
-    if profiling:
-        jax.profiler.stop_trace()
-    if ckpt.latest_step() != step:
-        save(step)
+        if profiling:
+            jax.profiler.stop_trace()
+        check_finite()
+        if ckpt.latest_step() != step:
+            save(step)
     ckpt.close()
     writer.close()
     if bar is not None:
@@ -398,6 +572,8 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
         "val_loss": val_loss,
         "train_seconds": time.perf_counter() - train_start_t,
         "stopped_early": step < steps_total,
+        "resumed_from": start,
+        "skipped_steps": skipped,
     }
     return summary
 
