@@ -563,7 +563,7 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
         check_finite()
         if ckpt.latest_step() != step:
             save(step)
-    ckpt.close()
+        ckpt.close()  # waits for the last asynchronous save, still under the signal handlers
     writer.close()
     if bar is not None:
         bar.close()

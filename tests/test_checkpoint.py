@@ -290,6 +290,8 @@ def test_bad_input_is_one_clear_error_before_any_compile(shakespeare_dir, cache_
             train(c, str(wd), progress=False)
         assert COMPILED == [], (name, COMPILED)
     assert _tree_digest(other_shape_run) == before  # the existing checkpoint is untouched
+    jax.jit(lambda x: x * 3.0 + 1.0)(jnp.arange(5.0))  # ... and the listener does see compiles
+    assert COMPILED
     # Unknown keys: a locked config refuses them, and so does a stored config.
     c = tiny_config(shakespeare_dir, cache_dir)
     with pytest.raises(AttributeError, match="num_stepz"):

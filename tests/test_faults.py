@@ -135,10 +135,15 @@ def corrupt_scenario(damage: dict, ref_wd, ref, base, data_dir, cache_dir) -> di
     rc, out = run(wd, data_dir, cache_dir)
     quarantined = sorted(p.name.split(".")[0] for p in (wd / "corrupt_checkpoints").glob("*")) if (
         wd / "corrupt_checkpoints").exists() else []
+    refused = rc != 0 and "no intact checkpoint left" in out
+    if refused:  # every checkpoint was bad: the start refuses; the next one trains from step 0
+        rc, out2 = run(wd, data_dir, cache_dir)
+        out += out2
     start = resumed_from(out)
     return {
         "scenario": "corrupt " + ", ".join(f"step {s}: {how}" for s, how in damage.items()),
         "rc": rc,
+        "refused": refused,
         "resumed_from": start,
         "lost": N - start if rc == 0 else None,
         "quarantined": quarantined,
@@ -236,7 +241,8 @@ def main(seeds: int) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         fault = ("exit 0 after saving" if r.get("clean_exit") else f"rc {r['rc']}") if "done" in r else (
-            f"quarantined {', '.join(r['quarantined']) or '-'}")
+            f"quarantined {', '.join(r['quarantined']) or '-'}"
+            + ("; start refused (no intact checkpoint), the next from step 0" if r.get("refused") else ""))
         done = r.get("done", N)
         print(f"| {r['scenario']} | {fault} | {done} | {r['resumed_from']} | {r['lost']} | {'yes' if r['exact'] else 'NO'} |")
     print(f"\n{len(rows)} scenarios, {sum(r['exact'] for r in rows)} exact; workdirs in {base}")
