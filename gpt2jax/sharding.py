@@ -123,16 +123,20 @@ def check_batch(config, mesh: Mesh) -> None:
         )
 
 
-def process_batch_slice(sharding: NamedSharding, global_shape) -> tuple[int, int]:
+def process_batch_slice(sharding: NamedSharding, global_shape, devices=None) -> tuple[int, int]:
     """(index, count) such that this process must supply rows [index * n, (index + 1) * n) of the
     global batch, n = global_batch // count: the rows its devices hold under `sharding`. With the
     batch split over processes this is usually (process_index, process_count); when a process's
     devices hold replicated batch rows (e.g. a tensor axis spanning hosts) it loads more. Feed it to
-    gpt2jax.data.loader.train_batch / eval_batch as (process_index, process_count)."""
+    gpt2jax.data.loader.train_batch / eval_batch as (process_index, process_count). `devices`:
+    the process's devices (default: this process's, i.e. the addressable ones)."""
     B = global_shape[0]
+    index_map = sharding.devices_indices_map(tuple(global_shape))
+    if devices is None:
+        devices = [d for d in index_map if d.process_index == jax.process_index()]
     rows = sorted(
-        {(idx[0].start or 0, B if idx[0].stop is None else idx[0].stop)
-         for idx in sharding.addressable_devices_indices_map(tuple(global_shape)).values()}
+        {(index_map[d][0].start or 0, B if index_map[d][0].stop is None else index_map[d][0].stop)
+         for d in devices}
     )
     start, stop = rows[0][0], rows[-1][1]
     covered = start
