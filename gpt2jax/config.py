@@ -97,7 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     # keep: the latest checkpoints kept; keep_every: also keep every step divisible by it (0 = off).
-    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, keep_every=0))
+    # dir: where checkpoints/ lives; '' = the workdir. A bucket (gs://bucket/run) for multi-host runs:
+    # every host writes its own shards of each checkpoint, so the directory must be shared.
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, keep_every=0, dir=""))
     c.eval = ml_collections.ConfigDict(
         dict(
             tasks="",  # zero-shot tasks run during training, e.g. 'hellaswag,lambada' ('' = none)

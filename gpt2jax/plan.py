@@ -229,7 +229,17 @@ def main(argv):
         import jax
 
         jax.config.update("jax_platforms", "cpu")
-    p = plan(FLAGS.config, compile=FLAGS.compile, device_memory_gib=FLAGS.device_memory_gib)
+    else:
+        from gpt2jax import distributed
+
+        # On a multi-host slice every worker runs the planner and they join into one mesh.
+        distributed.initialize()
+    from gpt2jax.config import ConfigError
+
+    try:
+        p = plan(FLAGS.config, compile=FLAGS.compile, device_memory_gib=FLAGS.device_memory_gib)
+    except ConfigError as e:  # the config cannot run on this mesh: say why, no traceback
+        raise SystemExit(f"error: {e}") from None
     print(format_plan(p), flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:

@@ -409,7 +409,7 @@ def train(config, workdir: str, *, progress: bool = True) -> dict:
     is_main = jax.process_index() == 0
     multi_process = jax.process_count() > 1
     ckpt = ckpt_lib.Checkpointer(
-        workdir, keep=config.checkpoint.keep, keep_every=config.checkpoint.keep_every
+        config.checkpoint.dir or workdir, keep=config.checkpoint.keep, keep_every=config.checkpoint.keep_every
     )
     # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
     _precheck_checkpoints(ckpt, config)

@@ -37,6 +37,7 @@ def get_config():
     c.train.compile_cache = ""
     c.optim.lr, c.optim.min_lr, c.optim.warmup_steps = 1e-2, 1e-3, 0
     c.checkpoint.every, c.checkpoint.keep = 0, 1
+    c.checkpoint.dir = {ckpt!r}  # shared by both processes (a bucket on a real slice)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
     return c
 '''
@@ -80,7 +81,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
     data = write_tokens(tmp / "data")
     cfg_path = tmp / "mh_config.py"
-    cfg_path.write_text(CONFIG.format(data=data, steps=STEPS))
+    cfg_path.write_text(CONFIG.format(data=data, steps=STEPS, ckpt=str(tmp / "shared")))
     return tmp, cfg_path
 
 
@@ -140,7 +141,8 @@ def test_two_processes_match_one(setup):
     # those are not bit-comparable after 3 steps; a missing or misplaced shard is off by O(1)).
     from gpt2jax.checkpoint import load_params
 
-    _, saved = load_params(workdir)
+    assert not (workdir / "checkpoints").exists()
+    _, saved = load_params(tmp / "shared")
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(params)):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * np.abs(b).max())
