@@ -27,7 +27,7 @@ env-test: $(VENV)/.installed-test
 
 # Prepare Shakespeare, train the default small model, report val loss, print a sample.
 quickstart: env
-	$(PY) -m gpt2jax.prepare --source=shakespeare --out_dir=$(DATA)
+	$(PY) -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=$(DATA)
 	$(PY) -m gpt2jax.train --config=$(CONFIG) --workdir=$(WORKDIR) --config.data.dir=$(DATA) $(TRAIN_ARGS)
 	$(PY) -m gpt2jax.sample --workdir=$(WORKDIR) --prompt="$(PROMPT)" --max_new_tokens=100
 

@@ -15,7 +15,10 @@ from gpt2jax.data.prepare import prepare
 
 flags.DEFINE_string("source", "shakespeare", "Document source spec.")
 flags.DEFINE_string("out_dir", None, "Where train.bin, val.bin and meta.json go.")
-flags.DEFINE_float("val_fraction", 0.05, "Fraction of documents that go to val.")
+flags.DEFINE_float("val_fraction", 0.05, "Fraction of documents (or tokens, with --split=tail) that go to val.")
+flags.DEFINE_enum("split", "documents", ["documents", "tail"],
+                  "documents: every (1/val_fraction)-th document goes to val; tail: the last "
+                  "val_fraction of the tokens (nanoGPT's convention).")
 flags.DEFINE_integer("num_workers", 2, "Tokenizer threads.")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default $TFDS_DATA_DIR).")
 flags.mark_flag_as_required("out_dir")
@@ -27,14 +30,14 @@ def main(argv):
     t0 = time.time()
     try:
         meta = prepare(FLAGS.source, FLAGS.out_dir, FLAGS.val_fraction, FLAGS.num_workers,
-                       tfds_data_dir=FLAGS.tfds_data_dir)
+                       tfds_data_dir=FLAGS.tfds_data_dir, split=FLAGS.split)
     except (ValueError, FileNotFoundError) as e:  # DataError, TokenizerFileError, ...
         sys.exit(f"error: {e}")
     print(f"wrote {FLAGS.out_dir} in {time.time() - t0:.1f}s")
     for split, c in meta["splits"].items():
         print(f"  {split:5s} {c['documents']:>10,d} documents {c['tokens']:>14,d} tokens")
     if meta["split_rule"] == "tail_tokens":
-        print("  (too few documents for a document split: val is the tail of the tokens)")
+        print("  (val is the last tokens of the corpus)")
 
 
 if __name__ == "__main__":

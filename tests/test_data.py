@@ -89,6 +89,17 @@ def test_single_document_tail_split(tmp_path):
     assert meta["splits"]["train"]["tokens"] == len(train)
 
 
+def test_tail_split_holds_out_the_last_tokens(tmp_path):
+    src = write_text_files(tmp_path / "in", DOCS)
+    meta = prep(src, tmp_path / "out", val_fraction=0.2, split="tail")
+    whole = [t for d in DOCS for t in get_tokenizer().encode(d) + [EOT]]
+    train, val = read_split(tmp_path / "out", "train"), read_split(tmp_path / "out", "val")
+    assert meta["split_rule"] == "tail_tokens" and meta["splits"]["train"]["documents"] == len(DOCS)
+    assert len(val) == round(0.2 * len(whole)) and train.tolist() + val.tolist() == whole
+    with pytest.raises(ValueError, match="split"):
+        prep(src, tmp_path / "bad", split="random")
+
+
 def test_jsonl_and_empty_docs_skipped(tmp_path):
     path = tmp_path / "a.jsonl"
     lines = [json.dumps({"body": d, "id": i}) for i, d in enumerate(DOCS)]

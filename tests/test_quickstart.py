@@ -28,7 +28,9 @@ def test_quickstart_pipeline_shortened(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""}, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
-    assert meta["splits"]["train"]["documents"] == 40 and meta["splits"]["val"]["documents"] == 2
+    assert meta["split_rule"] == "tail_tokens" and meta["splits"]["train"]["documents"] == 42
+    total = meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"]
+    assert meta["splits"]["val"]["tokens"] == round(0.05 * total)
     assert "final val_loss" in out.stdout
     assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
     # The sample is printed last and starts with the prompt.

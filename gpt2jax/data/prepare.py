@@ -13,6 +13,10 @@ and f > 0, the last max(1, round(f * train_tokens)) tokens of train are moved
 to val instead (``meta["split_rule"] == "tail_tokens"``). f == 0 gives an empty
 val.bin.
 
+``split="tail"`` skips the document rule and always holds out the last val_fraction of the tokens (the
+nanoGPT convention, used by the quickstart: with a few dozen long documents a whole-document split
+holds out whole works, whose unseen character names make val much harder -- see README).
+
 Output is written under temporary names and renamed at the very end (meta.json
 last), so a failed or interrupted run leaves no train.bin/val.bin/meta.json.
 """
@@ -110,10 +114,13 @@ def _move_tail_to_val(files: dict, counts: dict, val_fraction: float) -> None:
 def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             val_fraction: float = 0.05, num_workers: int = 2, *,
             tfds_data_dir: str | None = None, chunk_chars: int = 1 << 18,
-            progress: bool = True) -> dict:
+            progress: bool = True, split: str = "documents") -> dict:
     """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json)."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if split not in ("documents", "tail"):
+        raise ValueError(f"split must be 'documents' or 'tail', got {split!r}")
+    by_document = split == "documents"
     os.makedirs(out_dir, exist_ok=True)
     stats = {"skipped_empty_documents": 0}
     counts = {s: {"documents": 0, "tokens": 0, "max_token_id": -1} for s in SPLITS}
@@ -125,9 +132,9 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
         docs = iter_documents(source, tfds_data_dir=tfds_data_dir)
         bar = tqdm(unit=" docs", desc=f"prepare {source}", disable=not progress, delay=0.5)
         for i, arr in enumerate(_tokenized(docs, num_workers, chunk_chars, stats)):
-            split = "val" if is_val_document(i, val_fraction) else "train"
-            files[split].write(arr.tobytes())
-            c = counts[split]
+            name = "val" if by_document and is_val_document(i, val_fraction) else "train"
+            files[name].write(arr.tobytes())
+            c = counts[name]
             c["documents"] += 1
             c["tokens"] += len(arr)
             c["max_token_id"] = max(c["max_token_id"], int(arr.max()))
