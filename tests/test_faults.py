@@ -209,6 +209,72 @@ def test_corrupted_and_truncated_checkpoints_fall_back(world):
     assert r["exact"]
 
 
+MH_CONFIG = """
+from gpt2jax.config import get_config as base
+
+
+def get_config():
+    c = base()
+    c.model.n_layer, c.model.n_embd, c.model.n_head, c.model.block_size = 2, 64, 4, 32
+    c.model.vocab_size = 1000
+    c.data.dir = {data!r}
+    c.train.num_steps, c.train.batch_size, c.train.log_every, c.train.eval_batches = 200, 8, 1, 1
+    c.train.compile_cache = {cache!r}
+    c.checkpoint.every, c.checkpoint.dir = 0, {ckpt!r}
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+    return c
+"""
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """Two processes (4 CPU devices each, gloo): SIGTERM reaches process 1 only. Through JAX's
+    preemption service and Orbax's sync point both stop after the same step, save it together and
+    exit 0 (a local flag would stop one and leave the other waiting in a collective)."""
+    import signal
+    import socket
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tokens = np.random.default_rng(0).integers(0, 1000, 20_000).astype(np.uint16)
+    meta = {"dtype": "uint16", "splits": {}}
+    for split in ("train", "val"):
+        tokens.tofile(data / f"{split}.bin")
+        meta["splits"][split] = {"documents": 1, "tokens": len(tokens), "max_token_id": int(tokens.max())}
+    (data / "meta.json").write_text(json.dumps(meta))
+    cfg = tmp_path / "mh.py"
+    cfg.write_text(MH_CONFIG.format(data=str(data), cache=str(tmp_path / "cache"), ckpt=str(tmp_path / "shared")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT)}
+    logs = [open(tmp_path / f"out{i}", "w+") for i in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "gpt2jax.train", f"--config={cfg}", f"--workdir={tmp_path / 'run'}",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert all(p.poll() is None for p in procs), [(tmp_path / f"out{i}").read_text()[-2000:] for i in range(2)]
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        rcs = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = [(tmp_path / f"out{i}").read_text() for i in range(2)]
+    assert rcs == [0, 0], [o[-3000:] for o in outs]
+    stops = [re.findall(r"stop requested: saving step (\d+)", o) for o in outs]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], stops  # the same step on both
+    step = int(stops[0][0])
+    assert 2 <= step < 200
+    assert sorted(int(p.name) for p in (tmp_path / "shared" / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+
+
 # -- the matrix of docs/fault_tolerance.md ---------------------------------------------------------
 def main(seeds: int) -> None:
     import tempfile
