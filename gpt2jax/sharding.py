@@ -46,8 +46,23 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
+LOGICAL_AXES = ("batch", "seq", "embed", "heads", "head_dim", "mlp", "vocab", "layers")
+
+
 def rules(config) -> tuple:
-    return tuple((k, v) for k, v in config.mesh.rules)
+    """config.mesh.rules as a tuple, each name checked (a misspelt one would silently not shard)."""
+    out = []
+    for rule in config.mesh.rules:
+        if len(rule) != 2:
+            raise ConfigError(f"config.mesh.rules: {rule!r} is not a (logical axis, mesh axes) pair")
+        name, axes = rule
+        if name not in LOGICAL_AXES:
+            raise ConfigError(f"config.mesh.rules: unknown logical axis {name!r} (one of {LOGICAL_AXES})")
+        for a in (axes,) if isinstance(axes, str) or axes is None else axes:
+            if a is not None and a not in AXES:
+                raise ConfigError(f"config.mesh.rules: {name!r} -> unknown mesh axis {a!r} (one of {AXES})")
+        out.append((name, tuple(axes) if isinstance(axes, list) else axes))
+    return tuple(out)
 
 
 def _mesh_size(mesh: Mesh, axes) -> int:

@@ -232,6 +232,16 @@ def test_indivisible_dimension_is_an_error_before_compile(data_dir, monkeypatch)
     assert s["h"]["attn"]["c_attn"]["kernel"].spec == P(None, "fsdp", None, "tensor", None)
 
 
+def test_misspelt_rule_is_an_error(data_dir):
+    c = small_config(data_dir, (8, 1, 1))
+    c.mesh.rules = c.mesh.rules + (("head", "tensor"),)
+    with pytest.raises(config_lib.ConfigError, match="unknown logical axis 'head'"):
+        Trainer(c)
+    c.mesh.rules = (("embed", "fsdpp"),)
+    with pytest.raises(config_lib.ConfigError, match="'embed' -> unknown mesh axis 'fsdpp'"):
+        Trainer(c)
+
+
 def test_process_batch_slice_single_process(data_dir):
     c = small_config(data_dir, (2, 2, 2))
     tr = Trainer(c)

@@ -127,7 +127,8 @@ def _url_to_fs(url: str):
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as e:  # e.g. gs:// without gcsfs
-        raise DataError(f"{url}: reading this filesystem needs an extra package ({e})") from e
+        raise DataError(f"{url}: reading this filesystem needs an extra package ({e}; for gs:// "
+                        "`pip install -e '.[gcs]'`)") from e
 
 
 def _rows(global_batch: int, process_index: int, process_count: int) -> np.ndarray:
