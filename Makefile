@@ -6,6 +6,7 @@ WORKDIR ?= runs/shakespeare
 DATA ?= data/shakespeare
 CONFIG ?= configs/shakespeare.py
 PROMPT ?= ROMEO.
+SAMPLE_TOKENS ?= 48
 TRAIN_ARGS ?=
 
 .PHONY: quickstart test env env-test
@@ -29,7 +30,7 @@ env-test: $(VENV)/.installed-test
 quickstart: env
 	$(PY) -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=$(DATA)
 	$(PY) -m gpt2jax.train --config=$(CONFIG) --workdir=$(WORKDIR) --config.data.dir=$(DATA) $(TRAIN_ARGS)
-	$(PY) -m gpt2jax.sample --workdir=$(WORKDIR) --prompt="$(PROMPT)" --max_new_tokens=100
+	$(PY) -m gpt2jax.sample --workdir=$(WORKDIR) --prompt="$(PROMPT)" --max_new_tokens=$(SAMPLE_TOKENS)
 
 test: env-test
 	$(PY) -m pytest -q
