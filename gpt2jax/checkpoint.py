@@ -42,9 +42,17 @@ class CorruptCheckpointError(CheckpointError):
     """A committed checkpoint cannot be read back intact (truncated, corrupted or missing files)."""
 
 
+def _path(path) -> epath.Path:
+    """A local path made absolute (Orbax requires it), or a URL such as gs://... as it is."""
+    path = str(path)
+    if "://" in path:
+        return epath.Path(path)
+    return epath.Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def checkpoint_dir(path) -> epath.Path:
     """Accept a run's workdir (holding checkpoints/) or the checkpoints directory itself."""
-    p = epath.Path(os.path.expanduser(str(path)))
+    p = _path(path)
     if (p / "checkpoints").exists():
         return p / "checkpoints"
     return p
@@ -56,7 +64,7 @@ class Checkpointer:
     def __init__(
         self, workdir, *, keep: int = 3, keep_every: int = 0, async_save: bool = True, read_only: bool = False
     ):
-        self.directory = epath.Path(os.path.expanduser(str(workdir))) / "checkpoints"
+        self.directory = _path(workdir) / "checkpoints"
         if read_only:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:

@@ -165,3 +165,13 @@ def test_zero_shot_tasks_during_training(shakespeare_dir, cache_dir, tmp_path):
     assert [r["step"] for r in ev] == [2, 4]
     for r in ev:
         assert 0.0 <= r["eval/lambada/acc"] <= 1.0 and r["eval/lambada/perplexity"] > 1.0
+
+
+def test_relative_workdir(shakespeare_dir, cache_dir, tmp_path, monkeypatch):
+    """Orbax needs absolute paths; a relative --workdir (as in the quickstart) must still work."""
+    monkeypatch.chdir(tmp_path)
+    c = tiny_config(shakespeare_dir, cache_dir, num_steps=2, eval_batches=1)
+    train(c, "runs/rel", progress=False)
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "2").is_dir()
+    _, params = load_params("runs/rel")
+    assert params["wte"].shape[1] == 64
