@@ -87,9 +87,11 @@ def generate(model_cfg, params, prompt_tokens, max_new_tokens: int, *, key=None,
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import flags, logging
 
     from gpt2jax.tokenizer import get_tokenizer
+
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's restore INFO lines off the console
 
     F = flags.FLAGS
     if F.hf:
