@@ -267,8 +267,8 @@ def _hf_params(hf_dir, model_cfg):
 
 
 def test_agrees_with_transformers_reference(cfg, tok, tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch  # test dependencies (.[test]): a missing one must fail, not skip
+    import transformers
     torch.manual_seed(0)
     hf_cfg = transformers.GPT2Config(
         vocab_size=V, n_positions=L, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1
