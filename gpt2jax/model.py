@@ -119,7 +119,7 @@ def _init_leaf(path: tuple[str, ...], shape, dtype, key, cfg):
     if name == "bias":
         return jnp.zeros(shape, dtype)
     std = 0.02
-    if path[-2:] in (("c_proj", "kernel"),):
+    if path[-2:] == ("c_proj", "kernel"):  # the residual output projections
         std = 0.02 / math.sqrt(2 * cfg.n_layer)
     w = std * jax.random.normal(key, shape, jnp.float32)
     if path == ("wte",):  # padded vocabulary rows start at zero
@@ -228,24 +228,17 @@ class GPT2(nn.Module):
 
         def make(name):
             def init(rng):
-                leaves = jax.tree_util.tree_flatten_with_path(shapes[name], is_leaf=lambda s: isinstance(s, tuple))[0]
-                ks = jax.random.split(rng, len(leaves))
-                sub_axes = axes[name]
-                out = {}
-                for (path, shape), k in zip(leaves, ks):
-                    names = tuple(e.key for e in path)
-                    value = _init_leaf((name,) + names, shape, pdt, k, cfg)
-                    ax = sub_axes
-                    for n in names:
-                        ax = ax[n]
-                    box = nn.LogicallyPartitioned(value, ax)
-                    if not names:
-                        return box
-                    d = out
-                    for n in names[:-1]:
-                        d = d.setdefault(n, {})
-                    d[names[-1]] = box
-                return out
+                is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+                leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes[name], is_leaf=is_shape)
+                names = jax.tree.leaves(axes[name], is_leaf=is_shape)
+                keys = jax.random.split(rng, len(leaves))
+                boxes = [
+                    nn.LogicallyPartitioned(
+                        _init_leaf((name,) + tuple(e.key for e in path), shape, pdt, k, cfg), ax
+                    )
+                    for (path, shape), ax, k in zip(leaves, names, keys)
+                ]
+                return jax.tree_util.tree_unflatten(treedef, boxes)
 
             return init
 

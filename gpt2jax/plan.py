@@ -71,7 +71,6 @@ def _device_memory_bytes():
 
 def plan(config, mesh=None, *, compile: bool = True, device_memory_gib: float = 0.0) -> dict:
     """The plan as a dict (see `format_plan`). compile=False gives only the exact byte counts."""
-    import jax
 
     from gpt2jax import config as config_lib
     from gpt2jax import metrics

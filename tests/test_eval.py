@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from gpt2jax import config as config_lib
-from gpt2jax.eval import reference, scoring
+from gpt2jax.eval import reference
 from gpt2jax.eval import tasks as T
 from gpt2jax.eval.scoring import EOT, Scorer, default_buckets, rolling_windows
 from gpt2jax.model import GPT2, init_params
