@@ -337,6 +337,18 @@ def count_params(params, cfg, non_embedding: bool = False) -> int:
     return total
 
 
+def num_params(cfg, non_embedding: bool = False) -> int:
+    """Parameter count of a model config, without building anything (vocabulary padding excluded;
+    with non_embedding, the token and position tables left out too: Kaplan et al.'s N)."""
+    import math as _m
+
+    shapes = jax.tree.leaves(param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+    total = sum(_m.prod(s) for s in shapes) - (padded_vocab(cfg) - cfg.vocab_size) * cfg.n_embd
+    if non_embedding:
+        total -= (cfg.vocab_size + cfg.block_size) * cfg.n_embd
+    return int(total)
+
+
 def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
     """Mean next-token cross-entropy in fp32 (nats). mask_BT weights positions (1 = counted).
 
