@@ -77,11 +77,12 @@ class TPU:
     project: str = "<PROJECT>"
     zone: str = "<ZONE>"
     accelerator_type: str = "v4-32"
+    accelerator_types: dict = dataclasses.field(default_factory=dict)  # run name -> type (one-run slices)
     runtime_version: str = "tpu-ubuntu2204-base"
     name_prefix: str = "gpt2jax"
     slices: int = 0
     spot: bool = False
-    data_dir: str = "gs://<BUCKET>/data/openwebtext"  # passed as --config.data.dir
+    data_dir: str = "gs://<BUCKET>/data/openwebtext"  # passed as --config.data.dir ('' = the config's)
     checkpoint_bucket: str = "gs://<BUCKET>/runs"  # each run's checkpoints in <this>/<name>
     repo_url: str = "<REPO_URL>"
     revision: str = "main"
@@ -180,6 +181,10 @@ def _lr_for(lr, n_embd: int, n_non_emb: int, base_width: int | None) -> float:
     return float(f"{value:.4g}")
 
 
+def _warmup(fraction: float | None, steps: int) -> dict:
+    return {} if fraction is None else {"optim.warmup_steps": math.ceil(fraction * steps)}
+
+
 def _steps(tokens: float, batch_size: int, seq_len: int) -> int:
     return max(1, math.ceil(tokens / (batch_size * seq_len)))
 
@@ -199,6 +204,7 @@ def ladder(
     lr: Any = "kaplan",
     lr_base_width: int | None = None,
     min_lr_ratio: float = 0.1,
+    warmup_fraction: float | None = None,
     overrides: dict | None = None,
 ) -> list:
     """A model-size ladder over (n_layer, n_embd) shapes, one run each, named `<prefix>-L<l>-D<d>`.
@@ -207,7 +213,8 @@ def ladder(
     a multiple of it). Learning rate: lr='kaplan' (default) sets Kaplan et al.'s eq. D.1 from the
     rung's non-embedding parameters; a float is used as it is, or scaled as lr * lr_base_width /
     n_embd when lr_base_width is given (1/width, as muP prescribes for Adam's hidden matrices); a
-    callable gets (n_embd, non-embedding params). min_lr = lr * min_lr_ratio.
+    callable gets (n_embd, non-embedding params). min_lr = lr * min_lr_ratio. warmup_fraction, when
+    given, sets optim.warmup_steps = ceil(fraction x steps) (else the config's warmup stays).
     Tokens: `tokens` fixed for every rung, or tokens_per_param x N with N counted as `count`
     ('non_embedding' = Kaplan's N, or 'total'). Steps = ceil(tokens / (batch_size * seq_len));
     the run's model.block_size is seq_len.
@@ -236,6 +243,7 @@ def ladder(
             "train.num_steps": _steps(n_tok, batch_size, seq_len),
             "optim.lr": rate,
             "optim.min_lr": float(f"{rate * min_lr_ratio:.4g}"),
+            **_warmup(warmup_fraction, _steps(n_tok, batch_size, seq_len)),
             **(overrides or {}),
         }
         tags = {"ladder": prefix, "n_layer": n_layer, "n_embd": n_embd, "n_head": heads}
@@ -258,12 +266,15 @@ def isoflop(
     lr_base_width: int | None = None,
     min_lr_ratio: float = 0.1,
     min_steps: int = 1,
+    tokens_per_param: tuple | None = None,
+    warmup_fraction: float | None = None,
     overrides: dict | None = None,
 ) -> list:
     """An IsoFLOP sweep: for each FLOP budget C, every (n_layer, n_embd) shape trained on
     tokens = C / (6 N), N counted as `count` ('total', as Hoffmann et al. did, or 'non_embedding');
     steps = ceil(tokens / (batch_size * seq_len)). Each run records budget_flops = C. Shapes whose
-    run would be shorter than min_steps at a budget are left out of that budget. Runs are named
+    run would be shorter than min_steps at a budget, or (with tokens_per_param = (lo, hi)) whose
+    tokens / N falls outside [lo, hi], are left out of that budget. Runs are named
     `<prefix>-C<C>-L<l>-D<d>`; heads and learning rate follow `ladder`'s rules."""
     from gpt2jax.model import num_params
 
@@ -277,6 +288,8 @@ def isoflop(
             steps = _steps(C / (6.0 * N), batch_size, seq_len)
             if steps < min_steps:
                 continue
+            if tokens_per_param and not tokens_per_param[0] <= C / (6.0 * N) / N <= tokens_per_param[1]:
+                continue
             rate = _lr_for(lr, n_embd, n_non_emb, lr_base_width)
             ov = {
                 "model.n_layer": n_layer,
@@ -288,6 +301,7 @@ def isoflop(
                 "train.num_steps": steps,
                 "optim.lr": rate,
                 "optim.min_lr": float(f"{rate * min_lr_ratio:.4g}"),
+                **_warmup(warmup_fraction, steps),
                 **(overrides or {}),
             }
             tags = {"isoflop": prefix, "n_layer": n_layer, "n_embd": n_embd, "n_head": heads}
@@ -601,7 +615,8 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
     if dry_run:
         for p, wd, done in todo:
             if done is None or done < p.num_steps:
-                print(f"$ {shlex.join([sys.executable] + train_args(p, wd))}  (log: {wd}/train.log)", flush=True)
+                cmd = [sys.executable] + train_args(p, wd, resolve_config_path(p.run.config))
+                print(f"$ {shlex.join(cmd)}  (log: {wd}/train.log)", flush=True)
         return 0
 
     finished = sum(1 for p, _, done in todo if done is not None and done >= p.num_steps)
@@ -623,7 +638,7 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
                 continue
             if stop["sig"] is not None:
                 break
-            cmd = [sys.executable] + train_args(p, wd)
+            cmd = [sys.executable] + train_args(p, wd, resolve_config_path(p.run.config))
             log_path = os.path.join(wd, "train.log")
             runs_bar.set_postfix_str(p.name)
             runs_bar.write("$ " + shlex.join(cmd) + f"  (log: {log_path})")
@@ -709,9 +724,12 @@ def _check_placeholders(obj, section: str, fields: Sequence[str]) -> None:
 
 
 def tpu_slices(planned: list, tpu: TPU) -> list:
-    """[(slice name, [planned runs])]: one slice per run, or runs dealt round-robin over tpu.slices."""
-    n = tpu.slices or len(planned)
-    groups = [[] for _ in range(min(n, len(planned)))]
+    """[(slice name, [planned runs])]: one slice per run named `<name_prefix>-<run name>` (lower
+    case, other characters as '-', as Cloud TPU names must be), or with tpu.slices = k the runs dealt
+    round-robin over k slices `<name_prefix>-<i>`."""
+    if not tpu.slices:
+        return [(re.sub(r"[^a-z0-9-]", "-", f"{tpu.name_prefix}-{p.name}".lower()), [p]) for p in planned]
+    groups = [[] for _ in range(min(tpu.slices, len(planned)))]
     for i, p in enumerate(planned):
         groups[i % len(groups)].append(p)
     return [(f"{tpu.name_prefix}-{i}", g) for i, g in enumerate(groups)]
@@ -732,7 +750,9 @@ def _install_command(tpu: TPU) -> str:
 
 def _tpu_run_command(p: Planned, tpu: TPU) -> str:
     wd = f"runs/{p.name}"
-    extra = {"data.dir": tpu.data_dir, "checkpoint.dir": f"{tpu.checkpoint_bucket.rstrip('/')}/{p.name}"}
+    extra = {"checkpoint.dir": f"{tpu.checkpoint_bucket.rstrip('/')}/{p.name}"}
+    if tpu.data_dir:
+        extra = {"data.dir": tpu.data_dir, **extra}
     args = train_args(p, wd, extra=extra)
     return f"mkdir -p {wd} && .venv/bin/python {shlex.join(args)} > {wd}/train.log 2>&1"
 
@@ -745,8 +765,11 @@ def tpu_commands(planned: list, tpu: TPU, action: str, root: str) -> list:
     for sl, runs in tpu_slices(planned, tpu):
         ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", sl, *where]
         if action == "launch":
+            accel = tpu.accelerator_type
+            if len(runs) == 1:
+                accel = tpu.accelerator_types.get(runs[0].name, accel)
             create = ["gcloud", "compute", "tpus", "queued-resources", "create", sl, f"--node-id={sl}", *where,
-                      f"--accelerator-type={tpu.accelerator_type}", f"--runtime-version={tpu.runtime_version}"]
+                      f"--accelerator-type={accel}", f"--runtime-version={tpu.runtime_version}"]
             if tpu.spot:
                 create.append("--spot")
             create += list(tpu.extra_create_args)
@@ -888,7 +911,7 @@ def launch_slurm(planned: list, slurm: Slurm, root: str, name: str, dry_run: boo
         print(f"# {path} would be:\n{text}")
         print_cmd(["sbatch", path])
         return 0
-    _check_placeholders(slurm, "slurm", ("partition",))
+    _check_placeholders(slurm, "slurm", ("partition", "repo_dir", "data_dir", "account"))
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
