@@ -5,6 +5,12 @@
 The run writes into --workdir: run.json (resolved config, versions, devices, parameter counts,
 FLOPs per token), metrics.jsonl, TensorBoard events (tb/), checkpoints/ and optionally profile/.
 Starting again with the same workdir resumes from its latest checkpoint.
+
+The loop (`train`) runs one step at a time and then its hooks: `Hook(fn, every=N, at_end=...)` objects
+whose `fn(loop)` gets the `Loop` (config, trainer, params, optimizer state, step, data, checkpointer,
+writer). Logging, validation, zero-shot tasks, checkpoints and profiling are the default hooks
+(`default_hooks`); new periodic work is one more hook passed as `train(..., hooks=[...])`, not an edit
+of the loop.
 """
 
 from __future__ import annotations
