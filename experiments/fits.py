@@ -23,7 +23,6 @@ import numpy as np
 from scipy import optimize
 
 HUBER_DELTA = 1e-3
-_TRACE = None
 CI_LEVEL = 0.95
 
 
@@ -98,8 +97,6 @@ def batched_lbfgs(fun_grad: Callable, x0: np.ndarray, maxiter: int = 200, m: int
     step0 = 1.0 / np.maximum(np.linalg.norm(g, axis=1), 1e-300)  # first step: unit length
     for it in range(maxiter):
         idx = np.flatnonzero(active)
-        if _TRACE is not None:
-            _TRACE.append(idx.size)
         if idx.size == 0:
             break
         q = g[idx].copy()

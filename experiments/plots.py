@@ -20,7 +20,7 @@ MAX_GROUPS = 8
 def _save(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
     tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
     return name
@@ -48,12 +48,15 @@ def _fmt_e(x: float) -> str:
 
 
 def _loss_vs_params(done, fits, out_dir):
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
     groups = _token_groups(done)
     many = len(groups) > MAX_GROUPS
     cmap = plt.get_cmap("viridis")
     tok = np.array([r["tokens"] for r in done])
     norm = matplotlib.colors.LogNorm(vmin=tok.min(), vmax=max(tok.max(), tok.min() * 1.01))
+
+    def color_of(t):
+        return cmap(norm(t)) if len(groups) > 1 else "C0"
 
     pl = fits.get("power_law_n") or {}
     ne_col = "params_non_embedding" if all(r.get("params_non_embedding") for r in done) else "params"
@@ -62,18 +65,15 @@ def _loss_vs_params(done, fits, out_dir):
                            (axes[1], "params", "Chinchilla form: L(N, D)")):
         x = np.array([r[col] for r in done])
         y = np.array([r["loss"] for r in done])
-        if many:
-            sc = ax.scatter(x, y, c=tok, cmap=cmap, norm=norm, s=28, zorder=3)
-            fig.colorbar(sc, ax=ax, label="tokens D")
-        else:
-            for gi, (t, sel) in enumerate(groups):
-                color = cmap(gi / max(len(groups) - 1, 1))
-                filled = [i for i in sel if not used or done[i]["name"] in used or col == "params"]
-                hollow = [i for i in sel if i not in filled]
-                ax.scatter(x[filled], y[filled], color=color, s=30, zorder=3,
-                           label=f"runs, D = {_fmt_e(t)} tokens")
-                if hollow:
-                    ax.scatter(x[hollow], y[hollow], facecolors="none", edgecolors=color, s=30, zorder=3)
+        colors = [color_of(t) for t in tok]
+        inside = np.array([col == "params" or not used or r["name"] in used for r in done])
+        ax.scatter(x[inside], y[inside], c=[colors[i] for i in np.flatnonzero(inside)], s=30, zorder=3,
+                   label="runs" if len(groups) > 1 else f"runs (D = {_fmt_e(groups[0][0])} tokens)")
+        if (~inside).any():
+            ax.scatter(x[~inside], y[~inside], c=[colors[i] for i in np.flatnonzero(~inside)], s=30,
+                       alpha=0.3, zorder=3, label="faded: other token budgets, not in the fit")
+        if len(groups) > 1:
+            fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="tokens D")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("non-embedding parameters N" if col == "params_non_embedding" else "parameters N (all)")
@@ -89,11 +89,9 @@ def _loss_vs_params(done, fits, out_dir):
                                                 "log_x_c": pl["log_N_c"]}, xs),
                 "k--", lw=1.5, label=f"{pl['law']}: alpha_N = {_ci_text(pl, 'alpha')}"
                 + ("" if pl.get("E_fixed_zero") else f", E = {pl['E']:.3g}"))
-        if used and not many:
-            ax.scatter([], [], facecolors="none", edgecolors="gray", label="runs not in the fit")
     else:
-        ax.text(0.02, 0.02, "power_law_n skipped:\n" + _wrap(pl.get("skipped", "")), transform=ax.transAxes,
-                fontsize=8, va="bottom")
+        ax.text(0.02, 0.98, "power_law_n skipped:\n" + _wrap(pl.get("skipped", "")), transform=ax.transAxes,
+                fontsize=8, va="top", ha="left", bbox=dict(facecolor="white", alpha=0.85, edgecolor="0.8"))
     # Chinchilla panel: L(N, D) along each token budget (or along D = k N for a ladder)
     ax = axes[1]
     ch = fits.get("chinchilla") or {}
@@ -113,19 +111,21 @@ def _loss_vs_params(done, fits, out_dir):
             ax.plot([], [], " ", label=label)
         elif not many:
             for gi, (t, _) in enumerate(groups):
-                ax.plot(ns, fits_lib.chinchilla_predict(ch, ns, t), "--",
-                        color=cmap(gi / max(len(groups) - 1, 1)), lw=1.2, label=label if gi == 0 else None)
+                ax.plot(ns, fits_lib.chinchilla_predict(ch, ns, t), "--", color=color_of(t), lw=1.2,
+                        label=(label + "\n(one line per token budget)") if gi == 0 else None)
         else:
             k = float(np.median(tok / n))
             ax.plot(ns, fits_lib.chinchilla_predict(ch, ns, k * ns), "k--", lw=1.5,
                     label=label + f"\nalong D = {k:.3g} N")
     else:
-        ax.text(0.02, 0.02, "chinchilla skipped:\n" + _wrap(ch.get("skipped", "")), transform=ax.transAxes,
-                fontsize=8, va="bottom")
+        ax.text(0.02, 0.98, "chinchilla skipped:\n" + _wrap(ch.get("skipped", "")), transform=ax.transAxes,
+                fontsize=8, va="top", ha="left", bbox=dict(facecolor="white", alpha=0.85, edgecolor="0.8"))
     for ax in axes:
+        lo, hi = ax.get_ylim()  # head room above the data for the legend
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.4)
         _loss_ticks(ax)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+            ax.legend(fontsize=7.5, loc="upper right", framealpha=0.85)
     return _save(fig, out_dir, "loss_vs_params.png")
 
 
@@ -148,7 +148,7 @@ def _wrap(text: str, width: int = 60) -> str:
 
 
 def _loss_vs_compute(runs, done, fits, out_dir):
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    fig, ax = plt.subplots(figsize=(8.5, 5.5), layout="constrained")
     n = np.array([r["params"] for r in done])
     cmap = plt.get_cmap("viridis")
     norm = matplotlib.colors.LogNorm(vmin=n.min(), vmax=max(n.max(), n.min() * 1.01))
@@ -195,7 +195,7 @@ def _isoflop(fits, out_dir):
     per = [p for p in iso.get("per_budget", [])]
     if not per:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
     ax = axes[0]
     cmap = plt.get_cmap("plasma")
     for i, p in enumerate(per):
@@ -261,12 +261,15 @@ def _residuals(done, fits, out_dir):
                        "non-embedding parameters N" if col == "params_non_embedding" else "parameters N"))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False,
+                             layout="constrained")
     for ax, (title, x, res, tok, xlabel) in zip(axes[0], panels):
-        sc = ax.scatter(x, res, c=tok, cmap="viridis",
-                        norm=matplotlib.colors.LogNorm(vmin=tok.min(), vmax=max(tok.max(), tok.min() * 1.01)),
-                        s=25, zorder=3, label="runs")
-        fig.colorbar(sc, ax=ax, label="tokens D")
+        if tok.max() / tok.min() > 1.02:
+            sc = ax.scatter(x, res, c=tok, cmap="viridis", norm=matplotlib.colors.LogNorm(
+                vmin=tok.min(), vmax=tok.max()), s=25, zorder=3, label="runs")
+            fig.colorbar(sc, ax=ax, label="tokens D")
+        else:
+            ax.scatter(x, res, color="C0", s=25, zorder=3, label=f"runs (D = {_fmt_e(float(tok[0]))} tokens)")
         ax.axhline(0.0, color="k", lw=1, label="perfect fit")
         rmse = float(np.sqrt(np.mean(res ** 2)))
         ax.set_xscale("log")
