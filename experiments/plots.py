@@ -170,7 +170,8 @@ def _loss_vs_compute(runs, done, fits, out_dir):
     fr = fits.get("frontier") or {}
     if "alpha" in fr:
         env = fr["envelope"]
-        ax.scatter(env["flops"], env["loss"], color="k", s=10, zorder=4, label="lower envelope")
+        ax.scatter(env["flops"], env["loss"], color="k", marker="x", s=14, linewidths=0.8, zorder=4,
+                   label="lower envelope")
         cs = np.geomspace(min(env["flops"]) / 1.5, max(env["flops"]) * 1.5, 200)
         pred = fr["E"] + np.exp(fr["alpha"] * (fr["log_C_c"] - np.log(cs)))
         ax.plot(cs, pred, "r--", lw=1.5, zorder=5,
