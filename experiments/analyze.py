@@ -144,6 +144,10 @@ def read_run(run_dir: str) -> dict:
         rec["status"] = "unfinished: no val_loss yet"
         return rec
     last_step, last_loss = max(val, key=lambda sv: sv[0])  # the latest evaluation
+    if not math.isfinite(last_loss):
+        rec["status"] = f"left out: val_loss is {last_loss} at step {int(last_step)}"
+        return rec
+    val = [(s, l) for s, l in val if math.isfinite(l)]
     rec["tokens"] = float(last_step * batch * seq)
     rec["loss"] = float(last_loss)
     rec["best_loss"] = float(min(l for _, l in val))
@@ -299,7 +303,7 @@ def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_token
         out["chinchilla"] = fits_lib.fit_chinchilla(
             n, d, loss, n_boot=n_boot, seed=seed,
             budgets=sorted({float(b) for b in budgets[np.isfinite(budgets)]}),
-            progress=prog("bootstrap chinchilla"))
+            progress=prog("chinchilla L-BFGS"))
         out["power_law_n"] = _fit_power_law_n(done, power_law_tokens, power_law_e0, n_boot, seed,
                                               prog("bootstrap power_law_n"))
         out["frontier"] = _fit_frontier(done, frontier_e0, frontier_skip, n_boot, seed,
@@ -324,7 +328,7 @@ def _fit_power_law_n(done, tokens_mode, e0, n_boot, seed, progress):
         best, best_key = None, None
         for k in sorted(set(keys)):
             s = keys == k
-            score = (fits_lib._distinct(x[s]), float(np.median(tok[s])))
+            score = (fits_lib.distinct(x[s]), float(np.median(tok[s])))
             if best is None or score > best:
                 best, best_key = score, k
         if best[0] < need:

@@ -195,13 +195,14 @@ def test_collect_root_writes_runs_csv(tmp_path):
     _write_run(root, "running", 2, 64, 40, [(20, 5.1)], [6.0, 5.6])  # val only half-way
     _write_run(root, "no_val", 2, 64, 40, [], [6.0])  # no val_loss yet
     _write_run(root, "queued", 2, 64, 40, [], run_json=False)  # sweep_run.json only
+    _write_run(root, "diverged", 2, 64, 40, [(20, 5.0), (40, math.nan)])
     (root / "not_a_run").mkdir()
 
     out = tmp_path / "out"
     res = _cli(f"--root={root}", f"--out={out}", "--n_boot=5")
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in csv.DictReader(open(out / "runs.csv"))}
-    assert set(rows) == {"w64", "w128", "w96", "running", "no_val", "queued"}
+    assert set(rows) == {"w64", "w128", "w96", "running", "no_val", "queued", "diverged"}
     cols = list(next(iter(rows.values())).keys())
     assert cols[:9] == ["name", "params", "params_non_embedding", "tokens", "flops_6nd", "flops",
                         "budget_flops", "loss", "best_loss"]
@@ -217,9 +218,10 @@ def test_collect_root_writes_runs_csv(tmp_path):
     assert rows["running"]["status"].startswith("unfinished: last val_loss at step 20 of 40")
     assert rows["no_val"]["status"] == "unfinished: no val_loss yet" and rows["no_val"]["loss"] == ""
     assert "not started" in rows["queued"]["status"]
+    assert rows["diverged"]["status"] == "left out: val_loss is nan at step 40"
 
     f = json.load(open(out / "fits.json"))
-    assert f["n_finished"] == 3 and set(f["unfinished"]) == {"running", "no_val", "queued"}
+    assert f["n_finished"] == 3 and set(f["unfinished"]) == {"running", "no_val", "queued", "diverged"}
     assert "left out of the fits: running" in res.stdout
     assert "at least 6 runs" in f["chinchilla"]["skipped"]  # skipped with a reason, not crashed
     assert "skipped" in f["isoflop"] and "skipped" in f["power_law_n"]
@@ -258,6 +260,17 @@ def test_nearest_shape_finds_gpt2_124m():
     s = analyze.nearest_shape(124_439_808)
     assert (s["n_layer"], s["n_embd"], s["n_head"]) == (12, 768, 12)
     assert s["params"] == 124_439_808
+
+
+def test_planner_without_a_chinchilla_fit():
+    iso = {"a": 0.5, "log_k": math.log(0.1)}  # N_opt = 0.1 sqrt(C)
+    fr = {"E": 0.0, "alpha": 0.05, "log_C_c": math.log(2e22)}
+    p = analyze.plan({"chinchilla": {"skipped": "one budget"}, "isoflop": iso, "frontier": fr}, 1e20)
+    assert p["law"] == "isoflop" and p["N_opt"] == pytest.approx(1e9)
+    assert p["D_opt"] == pytest.approx(1e20 / 6e9)
+    assert p["loss"] == pytest.approx((2e22 / 1e20) ** 0.05) and "frontier" in p["loss_from"]
+    with pytest.raises(analyze.AnalysisError, match="no law for the compute-optimal size"):
+        analyze.plan({"chinchilla": {"skipped": "x"}, "isoflop": {"skipped": "y"}}, 1e20)
 
 
 def test_csv_input(tmp_path):
