@@ -41,6 +41,8 @@ def _read_json(path: str):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise AnalysisError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise AnalysisError(f"{path}: not a text (UTF-8) file") from None
     except OSError as e:
         raise AnalysisError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -59,6 +61,8 @@ def _read_jsonl(path: str) -> list[dict]:
                 if not isinstance(row, dict):
                     raise AnalysisError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)
+    except UnicodeDecodeError:
+        raise AnalysisError(f"{path}: not a text (UTF-8) file") from None
     except OSError as e:
         raise AnalysisError(f"{path}: cannot read ({e.strerror})") from None
     return rows
@@ -225,16 +229,23 @@ def read_csv(path: str) -> list[dict]:
     try:
         with open(path, newline="") as f:
             text = f.read()
+    except UnicodeDecodeError:
+        raise AnalysisError(f"{path}: not a text (UTF-8) file") from None
     except OSError as e:
         raise AnalysisError(f"{path}: cannot read ({e.strerror})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    cols = reader.fieldnames or []
+    try:
+        table = list(csv.DictReader(io.StringIO(text)))
+        cols = list(table[0].keys()) if table else next(csv.reader(io.StringIO(text)), [])
+    except csv.Error as e:
+        raise AnalysisError(f"{path}: not a CSV table ({e})") from None
+    cols = [c for c in cols if c is not None]
     missing = [c for c in ("params", "tokens", "loss") if c not in cols]
     if missing:
-        raise AnalysisError(f"{path}: missing column(s) {', '.join(missing)} (needs params, tokens, "
-                            f"loss; has {', '.join(cols) if cols else 'none'})")
+        shown = ", ".join(cols[:8]) + (", ..." if len(cols) > 8 else "")
+        raise AnalysisError(f"{path}: missing column(s) {', '.join(missing)} (a CSV table needs params, "
+                            f"tokens, loss; its header has {shown if cols else 'nothing'})")
     runs = []
-    for i, row in enumerate(reader, 2):
+    for i, row in enumerate(table, 2):
         rec = {"name": row.get("name") or f"row{i}", "status": row.get("status") or "finished",
                "fields": {}, "curve": None, "val_curve": None}
         for c in ("params", "params_non_embedding", "tokens", "loss", "best_loss", "flops",
