@@ -3,16 +3,15 @@ compute with every run's curve and the frontier, IsoFLOP profiles, residuals."""
 
 from __future__ import annotations
 
-import math
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments import fits as fits_lib  # noqa: E402
+from experiments import fits as fits_lib
 
 MAX_GROUPS = 8
 

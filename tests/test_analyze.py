@@ -201,7 +201,7 @@ def test_collect_root_writes_runs_csv(tmp_path):
     out = tmp_path / "out"
     res = _cli(f"--root={root}", f"--out={out}", "--n_boot=5")
     assert res.returncode == 0, res.stderr
-    rows = {r["name"]: r for r in csv.DictReader(open(out / "runs.csv"))}
+    rows = {r["name"]: r for r in csv.DictReader((out / "runs.csv").read_text().splitlines())}
     assert set(rows) == {"w64", "w128", "w96", "running", "no_val", "queued", "diverged"}
     cols = list(next(iter(rows.values())).keys())
     assert cols[:9] == ["name", "params", "params_non_embedding", "tokens", "flops_6nd", "flops",
@@ -220,7 +220,7 @@ def test_collect_root_writes_runs_csv(tmp_path):
     assert "not started" in rows["queued"]["status"]
     assert rows["diverged"]["status"] == "left out: val_loss is nan at step 40"
 
-    f = json.load(open(out / "fits.json"))
+    f = json.loads((out / "fits.json").read_text())
     assert f["n_finished"] == 3 and set(f["unfinished"]) == {"running", "no_val", "queued", "diverged"}
     assert "left out of the fits: running" in res.stdout
     assert "at least 6 runs" in f["chinchilla"]["skipped"]  # skipped with a reason, not crashed
@@ -236,7 +236,7 @@ def test_isoflop_sweep_end_to_end_and_planner(tmp_path):
     synthetic.write_sweep(str(root), "isoflop", seed=0)
     out = tmp_path / "out"
     analyze.analyze(analyze.collect(str(root)), str(out), {"root": str(root)}, n_boot=20)
-    f = json.load(open(out / "fits.json"))
+    f = json.loads((out / "fits.json").read_text())
     assert f["n_finished"] == 20
     assert f["isoflop"]["a"] == pytest.approx(0.28 / 0.62, rel=0.1)
     assert f["chinchilla"]["alpha"] == pytest.approx(0.34, rel=0.1)
