@@ -15,22 +15,9 @@ from gpt2jax.data import loader
 from gpt2jax.optim import decay_mask
 from gpt2jax.train import Trainer, train
 
+from conftest import tiny_config
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(data_dir, cache_dir, **train):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.data.dir = str(data_dir)
-    c.train.compile_cache = str(cache_dir)
-    for k, v in train.items():
-        section, key = k.split("__") if "__" in k else ("train", k)
-        c[section][key] = v
-    return c
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +59,11 @@ def test_gradient_accumulation_matches_full_batch(shakespeare_dir, cache_dir):
 
 
 def test_weight_decay_mask():
-    from gpt2jax.model import param_axes
-
-    mask = decay_mask(jax.tree.map(lambda _: 0, param_axes(get := config_lib.get_config().model), is_leaf=lambda x: isinstance(x, tuple)))
+    mask = decay_mask(config_lib.get_config().model)
     assert mask["wte"] and mask["wpe"]
     assert mask["h"]["attn"]["c_attn"]["kernel"] and mask["h"]["mlp"]["c_proj"]["kernel"]
     assert not mask["h"]["attn"]["c_attn"]["bias"] and not mask["h"]["ln_1"]["scale"]
     assert not mask["ln_f"]["bias"]
-    del get
 
 
 def test_train_writes_metrics_checkpoints_and_resumes(shakespeare_dir, cache_dir, tmp_path):
