@@ -512,12 +512,16 @@ def summarize(fits: dict) -> str:
         lo, hi = f["ci95"].get(k, [None, None])
         return f"[{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "[n/a]"
 
+    def boot(f):
+        used, n = f.get("n_boot_used"), f.get("n_boot")
+        return "" if used is None or used == n else f" (95% intervals from {used} of {n} resamples; the rest could not determine the fit)"
+
     c = fits["chinchilla"]
     if "skipped" in c:
         lines.append(f"chinchilla: skipped: {c['skipped']}")
     else:
         lines.append("chinchilla: L = E + A/N^alpha + B/D^beta: " + ", ".join(
-            f"{k} = {c[k]:.4g} {ci(c, k)}" for k in ("E", "A", "B", "alpha", "beta")))
+            f"{k} = {c[k]:.4g} {ci(c, k)}" for k in ("E", "A", "B", "alpha", "beta")) + boot(c))
         co = c.get("compute_optimal")
         if co:
             lines.append(f"  compute-optimal: N_opt ~ C^{co['a']:.3f}, D_opt ~ C^{co['b']:.3f}; "
@@ -528,17 +532,17 @@ def summarize(fits: dict) -> str:
         lines.append(f"power_law_n: skipped: {p['skipped']}")
     else:
         lines.append(f"power_law_n: {p['law']} on {p['N']}: alpha_N = {p['alpha']:.4g} "
-                     f"{ci(p, 'alpha')}, N_c = {p['N_c']:.4g}, E = {p['E']:.4g}")
+                     f"{ci(p, 'alpha')}, N_c = {p['N_c']:.4g}, E = {p['E']:.4g}" + boot(p))
     f = fits["frontier"]
     if "skipped" in f:
         lines.append(f"frontier: skipped: {f['skipped']}")
     else:
         lines.append(f"frontier: {f['law']}: alpha_C = {f['alpha']:.4g} {ci(f, 'alpha')}, "
-                     f"C_c = {f['C_c']:.4g}, E = {f['E']:.4g}")
+                     f"C_c = {f['C_c']:.4g}, E = {f['E']:.4g}" + boot(f))
     i = fits["isoflop"]
     if "a" in i:
         lines.append(f"isoflop: N_opt ~ C^{i['a']:.3f} {ci(i, 'a')}, D_opt ~ C^{i['b']:.3f} over "
-                     f"{i['n_budgets']} budgets")
+                     f"{i['n_budgets']} budgets" + boot(i))
     else:
         lines.append(f"isoflop: skipped: {i.get('skipped')}")
     return "\n".join(lines)

@@ -266,6 +266,7 @@ def fit_chinchilla(n, d, loss, n_boot: int = 200, seed: int = 0,
         "ci95": {k: ci[k] for k in keys},
         "n_runs": int(len(n)),
         "n_boot": int(n_boot),
+        "n_boot_used": _used(samples),
         "rmse_log": float(np.sqrt(np.mean((np.log(pred) - ll) ** 2))),
     }
     if co is not None:
@@ -350,6 +351,8 @@ def fit_power_law(x, loss, fixed_e0: bool = False, n_boot: int = 200, seed: int 
 
     def refit(idx):
         w = np.bincount(idx, minlength=len(x)).astype(np.float64)
+        if distinct(x[w > 0]) < need:  # a resample that cannot determine the law: not counted
+            return [math.nan] * len(keys)
         t = _power_law_theta(lx, ll, fixed_e0, x0=theta, weights=w)
         if t is None:
             return [math.nan] * len(keys)
@@ -367,6 +370,7 @@ def fit_power_law(x, loss, fixed_e0: bool = False, n_boot: int = 200, seed: int 
         "ci95": ci,
         "n_points": int(len(x)),
         "n_boot": int(n_boot),
+        "n_boot_used": _used(samples),
         "rmse_log": float(np.sqrt(np.mean((np.log(pred) - ll) ** 2))),
     }
 
@@ -423,7 +427,11 @@ def fit_frontier(curves, fixed_e0: bool = True, n_boot: int = 200, seed: int = 0
     theta0 = [base["log_x_c"], base["alpha"]] + ([] if fixed_e0 else [math.log(max(base["E"], 1e-300))])
 
     def refit(idx):
+        if len(set(idx.tolist())) < 2:
+            return [math.nan] * len(keys)
         g, e, _ = envelope([curves[i] for i in idx], num)
+        if distinct(g) < (3 if fixed_e0 else 4):
+            return [math.nan] * len(keys)
         t = _power_law_theta(np.log(g), np.log(e), fixed_e0, x0=theta0)
         if t is None:
             return [math.nan] * len(keys)
@@ -433,7 +441,7 @@ def fit_frontier(curves, fixed_e0: bool = True, n_boot: int = 200, seed: int = 0
     samples = _bootstrap(len(curves), refit, n_boot, seed, progress=progress)
     ci = _intervals(samples, keys)
     ci["x_c"] = [math.exp(v) if v < 700 else math.inf for v in ci["log_x_c"]]
-    base.update(ci95=ci, n_boot=int(n_boot), n_runs=len(curves),
+    base.update(ci95=ci, n_boot=int(n_boot), n_boot_used=_used(samples), n_runs=len(curves),
                 envelope={"flops": grid.tolist(), "loss": env.tolist(), "run": who.tolist()})
     base["law"] = base["law"].replace("x", "C")
     base["C_c"] = base.pop("x_c")
@@ -524,7 +532,7 @@ def fit_isoflop(budget, n, loss, n_boot: int = 200, seed: int = 0, progress=None
         law="N_opt = k C^a, D_opt = C / (6 N_opt)",
         a=float(a), k=math.exp(icpt), log_k=float(icpt), b=float(1 - a),
         ci95={"a": ci["a"], "b": [1 - ci["a"][1], 1 - ci["a"][0]], "log_k": ci["log_k"]},
-        n_budgets=len(mins), n_boot=int(n_boot),
+        n_budgets=len(mins), n_boot=int(n_boot), n_boot_used=_used(np.array(samples).reshape(-1, 2)),
     )
     return out
 
@@ -561,6 +569,11 @@ def _bootstrap(n: int, refit: Callable, n_boot: int, seed: int, progress=None) -
         it = progress(it)
     rows = [refit(rng.integers(0, n, n)) for _ in it]
     return np.asarray(rows, np.float64)
+
+
+def _used(samples: np.ndarray) -> int:
+    """Bootstrap resamples that gave a fit (the others could not determine it and are left out)."""
+    return int(np.all(np.isfinite(samples), axis=1).sum()) if samples.size else 0
 
 
 def _intervals(samples: np.ndarray, keys) -> dict:
