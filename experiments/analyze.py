@@ -624,6 +624,9 @@ def main(argv):
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except OSError as e:  # e.g. --out is a file, or not writable
+        print(f"error: {e.filename or F.out}: {e.strerror}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     print(summarize(fits), flush=True)
     written = (["runs.csv"] if F.root else []) + ["fits.json"] + fits.get("plots", [])
     print(f"wrote {', '.join(os.path.join(F.out, w) for w in written)}", flush=True)
