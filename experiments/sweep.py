@@ -370,7 +370,7 @@ def _coerce(value, current):
     if kind is tuple and isinstance(value, list):
         return tuple(value)
     if type(value) is not kind:
-        raise ValueError(f"expected a {kind.__name__}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"expected {kind.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -815,9 +815,11 @@ def _run_cmd(cmd: list, check: bool = True, capture: bool = False):
 def launch_tpu(planned: list, tpu: TPU, action: str, root: str, dry_run: bool,
                poll_seconds: float = 30.0, timeout_seconds: float = 6 * 3600) -> int:
     cmds = tpu_commands(planned, tpu, action, root)
-    if action == "launch" and not dry_run:
-        _check_placeholders(tpu, "tpu", ("project", "zone", "data_dir", "checkpoint_bucket")
-                            + (() if tpu.install else ("repo_url",)))
+    if not dry_run:
+        needed = ("project", "zone")
+        if action == "launch":
+            needed += ("data_dir", "checkpoint_bucket") + (() if tpu.install else ("repo_url",))
+        _check_placeholders(tpu, "tpu", needed)
     if action == "fetch" and not dry_run:
         for p in planned:
             os.makedirs(os.path.join(root, p.name), exist_ok=True)

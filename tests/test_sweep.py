@@ -119,7 +119,7 @@ def test_bad_spec_is_one_clear_error(tmp_path, body, expected):
     [
         ({"optim.lrr": 1e-3}, "run 'bad': config.optim.lrr: no such field"),
         ({"train.num_steps": "many"}, "run 'bad': config.train.num_steps: cannot parse 'many' as int"),
-        ({"train.num_steps": 2.5}, "run 'bad': config.train.num_steps: expected a int"),
+        ({"train.num_steps": 2.5}, "run 'bad': config.train.num_steps: expected int, got 2.5 (float)"),
         ({"model.n_head": 3}, "run 'bad': config.model.n_embd: 64 is not divisible by model.n_head=3"),
         ({"model": 3}, "run 'bad': config.model is a section"),
     ],
