@@ -25,6 +25,11 @@ Launchers (every external command is printed before it runs; --dry_run prints th
          data and checkpoints in buckets; --action=status|tail|fetch|delete follow, copy back
          (run.json, metrics.jsonl, train.log into DIR/<name>/) and delete the slices.
   slurm  writes DIR/sweep.sbatch, one job array (array index -> run) and submits it with sbatch.
+
+--set=FIELD=VALUE (repeatable) overrides a config field of every run, after the spec's own (e.g.
+--set=data.dir=/data/shk). Exit status: 0 when every run is finished or stopped by
+train.stop_after, 1 when a run failed (its name and log are printed), 2 for a mistake in the spec,
+an override or a flag (one message naming it), 130 when interrupted.
 """
 
 from __future__ import annotations
