@@ -13,7 +13,6 @@ import time
 import pytest
 
 from experiments import sweep as sw
-from gpt2jax.metrics import flops_per_token  # noqa: F401  (the FLOPs the analysis uses)
 from gpt2jax.model import num_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
