@@ -36,6 +36,9 @@ def define_flags(fv=flags.FLAGS) -> None:
     flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).", flag_values=fv)
     flags.DEFINE_string("dtype", "", "Override the compute dtype (float32 matches lm-eval's fp32 runs).", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
+    from gpt2jax.eval import lm_eval_adapter  # --lm_eval_* and --mesh (lm-eval is imported only when used)
+
+    lm_eval_adapter.define_flags(fv)
 
 
 def _fmt(v, metric: str = "") -> str:
@@ -127,10 +130,12 @@ def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     F = fv
+    from gpt2jax.eval import lm_eval_adapter, placement
     from gpt2jax.eval import tasks as T
     from gpt2jax.eval.scoring import Scorer
 
-    names = list(T.TASKS) if F.tasks == "all" else [t for t in F.tasks.split(",") if t]
+    names = lm_eval_adapter.builtin_task_names(F)  # --tasks, default none with --lm_eval_tasks
+    lm_eval_tm, lm_eval_tasks = lm_eval_adapter.cli_task_manager(F)
     for name in names:
         T.get_task(name)
     missing = []
@@ -143,7 +148,8 @@ def main(argv, fv=flags.FLAGS):
         sys.exit("\n".join(missing))
 
     model_cfg, params = load_model(F.workdir, F.hf, F.step, F.dtype)
-    params, sharding, batch_size = data_parallel(params, F.batch_size)
+    run_config = placement.run_config(F.workdir, F.hf, F.step) if F.mesh == "run" else None
+    params, sharding, batch_size = placement.place(run_config, params, F.batch_size, F.mesh)
     scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=F.progress)
     results = {}
     for name in names:
@@ -156,8 +162,12 @@ def main(argv, fv=flags.FLAGS):
             flush=True,
         )
         write_json_atomic(F.out, results)
-    print()
-    print(markdown_table(results))
+    if names:
+        print()
+        print(markdown_table(results))
+    if lm_eval_tasks:
+        lm_eval_adapter.run_cli(F, lm_eval_tm, lm_eval_tasks, model_cfg, params, sharding, batch_size, results,
+                                lambda r: write_json_atomic(F.out, r))
     print(f"\nwrote {F.out}")
 
 
