@@ -3,7 +3,7 @@
     python -m gpt2jax.prepare --source=shakespeare --out_dir=data/shakespeare
 
 Sources: shakespeare | text:GLOB | jsonl:GLOB[:FIELD] | parquet:GLOB[:COLUMN] |
-tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] | hf:NAME:SPLIT[:FIELD] [--hf_config=C] (see gpt2jax/data/sources.py).
+tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] | hf:NAME[@REVISION]:SPLIT[:FIELD] [--hf_config=C] (see gpt2jax/data/sources.py).
 --max_docs / --max_tokens keep a sample (the first documents) of any source.
 """
 

@@ -42,11 +42,13 @@ def tokens(out_dir, split):
 
 
 def test_parse():
-    assert hf_source.parse("HuggingFaceFW/fineweb-edu:train") == ("HuggingFaceFW/fineweb-edu", "train", "text")
-    assert hf_source.parse("d:validation:body") == ("d", "validation", "body")
-    assert hf_source.parse("d") == ("d", "train", "text")
-    with pytest.raises(DataError, match="hf:NAME:SPLIT"):
-        hf_source.parse("a:b:c:d")
+    assert hf_source.parse("HuggingFaceFW/fineweb-edu:train") == ("HuggingFaceFW/fineweb-edu", "train", "text", None)
+    assert hf_source.parse("d:validation:body") == ("d", "validation", "body", None)
+    assert hf_source.parse("d") == ("d", "train", "text", None)
+    assert hf_source.parse("o/w@refs/convert/parquet:train") == ("o/w", "train", "text", "refs/convert/parquet")
+    for bad in ("a:b:c:d", "a@:train", ":train"):
+        with pytest.raises(DataError, match=r"hf:NAME\[@REVISION\]:SPLIT"):
+            hf_source.parse(bad)
 
 
 def test_hf_local_dir_streams_same_tokens_as_jsonl(corpus, tmp_path, monkeypatch):

@@ -302,7 +302,7 @@ def test_cli_on_checkpoint_with_run_mesh(model, task_files, results, tmp_path):
     evaluate.define_flags(fv)
     out = tmp_path / "results.json"
     fv([
-        "evaluate", f"--workdir={tmp_path / 'run'}", "--lm_eval_tasks=t_lambada,t_arc", f"--lm_eval_include={inc}",
+        "evaluate", f"--workdir={tmp_path / 'run'}", "--lm_eval_tasks=t_lambada,t_arc,t_gen", f"--lm_eval_include={inc}",
         "--tasks=lambada", f"--tasks_dir={data}", f"--out={out}", "--batch_size=4", "--mesh=run",
         "--lm_eval_bootstrap_iters=0", "--noprogress",
     ])
@@ -310,7 +310,7 @@ def test_cli_on_checkpoint_with_run_mesh(model, task_files, results, tmp_path):
     got = json.loads(out.read_text())
     assert set(got) == {"lambada", "results", "lm_eval"}
     ref = results[0]["results"]
-    for t in ("t_lambada", "t_arc"):
+    for t in ("t_lambada", "t_arc", "t_gen"):
         assert set(got["results"][t]) == set(ref[t])
         for k, v in ref[t].items():
             if isinstance(v, float):
@@ -334,3 +334,18 @@ def test_cli_lm_eval_tasks_replace_default_tasks_and_missing_extra(monkeypatch):
     monkeypatch.setattr(A, "HAVE_LM_EVAL", False)
     with pytest.raises(SystemExit, match=r"pip install -e '\.\[lm_eval\]'"):
         A.cli_task_manager(fv)
+
+
+def test_placement_run_layout_shards_like_training(model):
+    from gpt2jax.eval import placement
+
+    config, params, _ = model
+    config = config_lib.from_dict(config_lib.to_dict(config))
+    config.mesh.fsdp, config.mesh.tensor = 2, 2  # data = 8 / 4 = 2 devices
+    placed, batch, bs = placement.place(config, params, 3, "run")
+    assert bs == 4  # rounded up to the data x fsdp = 4 row blocks of a batch
+    assert batch.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    assert not placed["wte"].sharding.is_fully_replicated
+    assert placed["wte"].addressable_shards[0].data.size < placed["wte"].size
+    p2, b2, bs2 = placement.place(config, params, 3, "data")
+    assert bs2 == 8 and p2["wte"].sharding.is_fully_replicated

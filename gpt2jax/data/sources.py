@@ -18,7 +18,7 @@ Spec strings accepted by ``iter_documents``:
 * ``tfds:NAME[/CONFIG][:SPLIT[:FEATURE]]`` -- via ``tfds.data_source`` (array_record
   files, no TensorFlow needed); SPLIT defaults to ``train``, FEATURE to ``text``;
   data_dir from the ``tfds_data_dir`` argument or ``$TFDS_DATA_DIR``.
-* ``hf:NAME:SPLIT[:FIELD]`` -- a Hugging Face dataset (hub id or local directory of data
+* ``hf:NAME[@REVISION]:SPLIT[:FIELD]`` -- a Hugging Face dataset (hub id or local directory of data
   files), streamed through ``datasets``; its config from the ``hf_config`` argument
   (see gpt2jax/data/hf_source.py).
 
@@ -66,7 +66,7 @@ def iter_documents(source: str = DEFAULT_SOURCE, *, tfds_data_dir: str | None = 
     if not sep or not rest:
         raise DataError(f"unknown data source {source!r}; expected shakespeare, "
                         "text:GLOB, jsonl:GLOB[:FIELD], parquet:GLOB[:COLUMN] or "
-                        "tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] or hf:NAME:SPLIT[:FIELD]")
+                        "tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] or hf:NAME[@REVISION]:SPLIT[:FIELD]")
     if kind == "text":
         return iter_text(rest)
     if kind in ("jsonl", "parquet"):
