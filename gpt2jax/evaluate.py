@@ -4,10 +4,14 @@
         --out=results.json
     python -m gpt2jax.evaluate --hf=hf/gpt2 --tasks=all --tasks_dir=tasks --out=gpt2.json --dtype=float32
 
+    python -m gpt2jax.evaluate --workdir=runs/gpt2 --lm_eval_tasks=hellaswag,arc_easy --out=lm_eval.json
+
 Writes JSON {task: {metric: value, <metric>_stderr: ..., "n": examples}} (rewritten atomically after
 each task) and prints a markdown table of our numbers beside the GPT-2 paper's (all four sizes) and
 lm-evaluation-harness's published values for OpenAI's checkpoints (gpt2jax/eval/reference.py).
-Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py.
+Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py. With --lm_eval_tasks,
+lm-evaluation-harness tasks run through gpt2jax/eval/lm_eval_adapter.py and lm-eval's `results` go
+verbatim under "results" (docs/integrations.md).
 """
 
 from __future__ import annotations
