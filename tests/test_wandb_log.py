@@ -5,6 +5,7 @@ run-ID.wandb): a LevelDB-style log of protobuf `Record`s, parsed here with W&B's
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -169,3 +170,59 @@ def test_config_round_trip_with_nested_wandb():
     d["train"]["wandb"] = {"projekt": "p"}
     with pytest.raises(config_lib.ConfigError, match=r"config\.train\.wandb\.projekt: unknown field"):
         config_lib.from_dict(d)
+
+
+def test_training_run_logs_its_rows_and_resume_continues_the_run(shakespeare_dir, tmp_path, monkeypatch):
+    """A tiny run (zero-shot task included) stopped at step 2 and resumed to 4, W&B offline: both
+    starts log to one W&B run id (kept in run.json), together exactly the rows of metrics.jsonl; the
+    zero-shot task's batches are sharded over the training mesh as evaluate shards them."""
+    import importlib.util
+
+    from gpt2jax import train as train_lib
+    from gpt2jax.eval import tasks as eval_tasks
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.data.dir = str(shakespeare_dir)
+    c.train.compile_cache = str(tmp_path / "xla")
+    c.train.num_steps, c.train.log_every, c.train.eval_every, c.train.eval_batches = 4, 2, 2, 1
+    c.train.stop_after = 2
+    c.checkpoint.every = 0  # saved where it stops (step 2) and at the end
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "lambada_test.jsonl").write_text(json.dumps({"text": "The king said that he would see the queen"}) + "\n")
+    c.eval.tasks, c.eval.tasks_dir, c.eval.every, c.eval.batch_size = "lambada", str(tasks), 2, 3
+    c.train.wandb.project, c.train.wandb.mode = "gpt2jax-test", "offline"
+    seen = []
+    real = eval_tasks.evaluate_tasks
+
+    def spy(*a, **k):
+        seen.append((k.get("batch_size"), k.get("batch_sharding")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(eval_tasks, "evaluate_tasks", spy)
+    wd = tmp_path / "wd"
+    train_lib.train(c, str(wd), progress=False)
+    first_id = json.loads((wd / "run.json").read_text())["wandb"]["id"]
+    c.train.stop_after = 0
+    train_lib.train(c, str(wd), progress=False)  # resumes from step 2
+    info = json.loads((wd / "run.json").read_text())
+    assert info["wandb"]["id"] == first_id and info["wandb"]["dir"] == str(wd / "wandb")
+    runs = offline_runs(str(wd))
+    assert len(runs) == 2 and all(r.endswith("-" + first_id) for r in runs)
+    logged = [row for r in runs for row in read_offline_run(r)["history"]]
+    rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    expect = [{k: v for k, v in row.items() if v is not None} for row in rows]
+    key = functools.partial(json.dumps, sort_keys=True)
+    assert sorted(logged, key=key) == sorted(expect, key=key)
+    assert {r["step"] for r in logged if "eval/lambada/acc" in r} == {2, 4}
+    assert {r["step"] for r in logged if "val_loss" in r} == {2, 4}
+    got = read_offline_run(runs[1])
+    assert got["config"]["train"]["num_steps"] == 4 and got["config"]["run"]["params"] == info["params"]
+    assert "run.json" in got["files"]
+    assert len(seen) == 2
+    for batch_size, sharding in seen:
+        assert sharding is not None and sharding.mesh.size == 8 and batch_size == 8  # 3 rounded up to 8 devices
