@@ -117,17 +117,9 @@ def load_model(workdir=None, hf=None, step=None, dtype=""):
 
 def data_parallel(params, batch_size: int):
     """With several devices: replicate the params, shard batches over all devices (batch axis)."""
-    import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from gpt2jax.eval.placement import data_parallel as place_data_parallel
 
-    devices = jax.devices()
-    if len(devices) == 1:
-        return params, None, batch_size
-    mesh = Mesh(np.array(devices), ("data",))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    n = len(devices)
-    return params, NamedSharding(mesh, P("data")), -(-batch_size // n) * n
+    return place_data_parallel(params, batch_size)
 
 
 def main(argv, fv=flags.FLAGS):

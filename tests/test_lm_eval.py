@@ -58,7 +58,7 @@ WIKI = (
 
 GEN_PROMPTS = [
     "Once upon a time there was a",
-    "The weather today is",
+    "In the beginning there was only a",  # as many tokens as the first: generated in one batch
     "Question: what is the capital of France?\nAnswer:",
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age "
     "of foolishness, it was the epoch of belief",  # longer than L - GEN_TOKS: left-truncated

@@ -21,14 +21,25 @@ def _round_up(n: int, k: int) -> int:
     return -(-int(n) // k) * k
 
 
+def data_parallel(params, batch_size: int):
+    """With several devices: the params replicated, batches split over all devices (one 'data' axis)."""
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    devices = jax.devices()
+    if len(devices) == 1:
+        return params, None, batch_size
+    mesh = Mesh(np.array(devices), ("data",))
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    return params, NamedSharding(mesh, P("data")), _round_up(batch_size, len(devices))
+
+
 def place(config, params, batch_size: int, layout: str = "data"):
     """(params placed, batch sharding or None, batch size) for evaluation under `layout`.
     `config` is the run's full config (its mesh section is used with layout='run')."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: one of {LAYOUTS}")
     if layout == "data":
-        from gpt2jax.evaluate import data_parallel
-
         return data_parallel(params, batch_size)
     from gpt2jax import sharding as shd
 
