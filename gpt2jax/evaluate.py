@@ -131,7 +131,7 @@ def main(argv, fv=flags.FLAGS):
     from gpt2jax.eval.scoring import Scorer
 
     names = lm_eval_adapter.builtin_task_names(F)  # --tasks, default none with --lm_eval_tasks
-    lm_eval_tm, lm_eval_tasks = lm_eval_adapter.cli_task_manager(F)
+    lm_eval_tasks = lm_eval_adapter.cli_tasks(F)  # (task manager, tasks, names): data loaded up front
     for name in names:
         T.get_task(name)
     missing = []
@@ -161,8 +161,8 @@ def main(argv, fv=flags.FLAGS):
     if names:
         print()
         print(markdown_table(results))
-    if lm_eval_tasks:
-        lm_eval_adapter.run_cli(F, lm_eval_tm, lm_eval_tasks, model_cfg, params, sharding, batch_size, results,
+    if lm_eval_tasks[2]:
+        lm_eval_adapter.run_cli(F, lm_eval_tasks, model_cfg, params, sharding, batch_size, results,
                                 lambda r: write_json_atomic(F.out, r))
     print(f"\nwrote {F.out}")
 

@@ -318,10 +318,20 @@ def test_cli_on_checkpoint_with_run_mesh(model, task_files, results, tmp_path):
     np.testing.assert_allclose(got["lambada"]["perplexity"], ref["t_lambada"]["perplexity,none"], rtol=RTOL)
 
 
-def test_cli_lm_eval_tasks_replace_default_tasks_and_missing_extra(monkeypatch):
+def test_cli_lm_eval_tasks_replace_default_tasks_and_errors(monkeypatch, tmp_path):
     from absl import flags
 
     from gpt2jax import evaluate
+
+    (tmp_path / "t_bad.yaml").write_text(
+        f"task: t_bad\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'nope.jsonl'}\n"
+        "output_type: loglikelihood\ntest_split: test\ndoc_to_text: a\ndoc_to_target: b\n"
+    )
+    bad = flags.FlagValues()
+    evaluate.define_flags(bad)
+    bad(["evaluate", "--hf=x", "--lm_eval_tasks=t_bad", f"--lm_eval_include={tmp_path}"])
+    with pytest.raises(SystemExit, match="lm-eval task 't_bad': cannot load it or its data"):
+        A.cli_tasks(bad)  # before any model is loaded
 
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
@@ -333,7 +343,7 @@ def test_cli_lm_eval_tasks_replace_default_tasks_and_missing_extra(monkeypatch):
     assert A.builtin_task_names(fv2) == ["lambada", "hellaswag"]
     monkeypatch.setattr(A, "HAVE_LM_EVAL", False)
     with pytest.raises(SystemExit, match=r"pip install -e '\.\[lm_eval\]'"):
-        A.cli_task_manager(fv)
+        A.cli_tasks(fv)
 
 
 def test_placement_run_layout_shards_like_training(model):

@@ -231,19 +231,49 @@ def make_task_manager(tasks: Sequence[str], include_path: str | None = None):
     return tm
 
 
-def evaluate(lm: GPT2JaxLM, tasks: Sequence[str], *, include_path: str | None = None, limit: int | None = None,
+class TaskDataError(RuntimeError):
+    """An lm-eval task's data could not be loaded. The message names the task."""
+
+
+def load_tasks(task_manager, tasks: Sequence[str]) -> list:
+    """lm-eval Task / Group objects for `tasks` (names of tasks, groups or tags), their datasets
+    loaded: a task whose data cannot be had (offline, a typo in a YAML) fails here, naming the task,
+    before any model is loaded."""
+    objs = []
+    for name in tasks:
+        try:
+            loaded = task_manager.load([name])
+        except Exception as e:  # lm-eval and datasets raise many types
+            raise TaskDataError(
+                f"lm-eval task {name!r}: cannot load it or its data ({type(e).__name__}: {e}). Registered "
+                "tasks fetch their datasets from the Hugging Face hub: run where it is reachable, or with a "
+                "filled HF_DATASETS_CACHE and HF_DATASETS_OFFLINE=1"
+            ) from e
+        if name in loaded["groups"]:
+            objs.append(loaded["groups"][name])  # a group: its aggregate rows too
+        else:
+            objs.extend(loaded["tasks"].values())  # a task, or the tasks of a tag
+    return objs
+
+
+def evaluate(lm: GPT2JaxLM, tasks: Sequence, *, include_path: str | None = None, limit: int | None = None,
              num_fewshot: int | None = None, bootstrap_iters: int = 100_000, seed: int = 0,
              task_manager=None) -> dict:
-    """lm-eval's `simple_evaluate` on `lm`: the returned dict holds lm-eval's `results` (keys like
-    'acc,none'), `versions`, `n-shot`, `higher_is_better`, `n-samples` (and `groups` when a group ran)."""
+    """lm-eval's `simple_evaluate` on `lm` for `tasks` (names, or objects from `load_tasks`): the
+    returned dict holds lm-eval's `results` (keys like 'acc,none'), `versions`, `n-shot`,
+    `higher_is_better`, `n-samples` (and `groups` when a group ran)."""
     require_lm_eval()
     from lm_eval import simple_evaluate
 
     tasks = [t for t in tasks if t]
+    names = [t for t in tasks if isinstance(t, str)]
+    tm = task_manager or make_task_manager(names, include_path)
+    if names:
+        tasks = load_tasks(tm, names) + [t for t in tasks if not isinstance(t, str)]
     out = simple_evaluate(
         model=lm,
-        tasks=list(tasks),
-        task_manager=task_manager or make_task_manager(tasks, include_path),
+        tasks=tasks,
+        task_manager=tm,
         limit=limit or None,
         num_fewshot=num_fewshot,
         bootstrap_iters=bootstrap_iters,
@@ -296,24 +326,26 @@ def builtin_task_names(fv) -> list[str]:
     return list(T.TASKS) if spec == "all" else [t for t in spec.split(",") if t]
 
 
-def cli_task_manager(fv):
-    """Before any model is loaded: lm-eval installed and every requested task known (or exit)."""
+def cli_tasks(fv):
+    """Before any model is loaded: lm-eval installed, every requested task known and its data loaded
+    (or exit with the reason). Returns (task manager, task objects, names)."""
     import sys
 
-    tasks = [t for t in fv.lm_eval_tasks.split(",") if t]
-    if not tasks:
-        return None, []
+    names = [t for t in fv.lm_eval_tasks.split(",") if t]
+    if not names:
+        return None, [], []
     if not HAVE_LM_EVAL:
         sys.exit(f"--lm_eval_tasks: {INSTALL_HINT}")
     if fv.lm_eval_include and not os.path.isdir(fv.lm_eval_include):
         sys.exit(f"--lm_eval_include={fv.lm_eval_include}: no such directory")
     try:
-        return make_task_manager(tasks, fv.lm_eval_include or None), tasks
-    except ValueError as e:
+        tm = make_task_manager(names, fv.lm_eval_include or None)
+        return tm, load_tasks(tm, names), names
+    except (ValueError, TaskDataError) as e:
         sys.exit(f"--lm_eval_tasks: {e}")
 
 
-def run_cli(fv, tm, tasks, model_cfg, params, batch_sharding, batch_size, results: dict, write) -> None:
+def run_cli(fv, lm_eval_tasks, model_cfg, params, batch_sharding, batch_size, results: dict, write) -> None:
     """Run the lm-eval tasks; lm-eval's `results` go verbatim under results['results'], its other
     bookkeeping under results['lm_eval']; `write(results)` saves them."""
     import time
@@ -321,10 +353,11 @@ def run_cli(fv, tm, tasks, model_cfg, params, batch_sharding, batch_size, result
     lm = GPT2JaxLM(model_cfg, params, batch_size=batch_size, batch_sharding=batch_sharding,
                    max_gen_toks=fv.lm_eval_max_gen_toks, progress=fv.progress)
     t0 = time.perf_counter()
+    tm, tasks, names = lm_eval_tasks
     out = evaluate(lm, tasks, task_manager=tm, limit=fv.limit or None, num_fewshot=fv.lm_eval_num_fewshot,
                    bootstrap_iters=fv.lm_eval_bootstrap_iters)
     results["results"] = out.pop("results")
     results["lm_eval"] = out
     write(results)
     print(summary_table({"results": results["results"], **out}))
-    print(f"lm-eval tasks {tasks}: {time.perf_counter() - t0:.1f}s")
+    print(f"lm-eval tasks {names}: {time.perf_counter() - t0:.1f}s")
