@@ -259,6 +259,8 @@ def test_request_level_equal_lm_eval_hf_backend(ours, hf):
     free = ours.generate_until(_gen_requests(GEN_PROMPTS, {"until": [], "max_gen_toks": GEN_TOKS}))
     assert free == hf.generate_until(_gen_requests(GEN_PROMPTS, {"until": [], "max_gen_toks": GEN_TOKS}))
     assert all(len(ours.tok_encode(t)) == GEN_TOKS for t in free)  # max length honoured (no EOT here)
+    # contexts of 7, 7, 12 tokens and one left-truncated to L - GEN_TOKS: the two 7s share one batch
+    assert ours.generate_shapes == {(7, GEN_TOKS), (12, GEN_TOKS), (L - GEN_TOKS, GEN_TOKS)}
     stop = free[0][len(free[0]) // 2 : len(free[0]) // 2 + 2]  # a string the first generation contains
     assert stop and stop in free[0]
     cut = ours.generate_until(_gen_requests(GEN_PROMPTS, {"until": [stop], "max_gen_toks": GEN_TOKS}))

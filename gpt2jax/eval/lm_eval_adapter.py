@@ -97,7 +97,7 @@ class GPT2JaxLM(_Base):
         self._max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
         self.progress = progress
-        self.generate_compiles: set[tuple[int, int]] = set()  # (context length, new tokens) shapes run
+        self.generate_shapes: set[tuple[int, int]] = set()  # (context length, new tokens) batches run
 
     # -- what lm-eval asks of a model ----------------------------------------------------------
     @property
@@ -125,6 +125,8 @@ class GPT2JaxLM(_Base):
         return "gpt2"
 
     def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
+        """GPT-2 BPE, as our built-in tasks encode (a literal '<|endoftext|>' in the text is encoded
+        as text, where transformers' tokenizer would make it the EOT token)."""
         ids = self.tok.encode(string)
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
@@ -197,7 +199,7 @@ class GPT2JaxLM(_Base):
                     self.model_cfg, self.params, prompt, new, key=jax.random.fold_in(key, g * 1_000_003 + s),
                     temperature=temperature, top_k=top_k, top_p=top_p,
                 )
-                self.generate_compiles.add((T0, new))
+                self.generate_shapes.add((T0, new))
                 toks = np.asarray(toks)[:, T0:]
                 for r, i in enumerate(rows):
                     cont = toks[r].tolist()
