@@ -359,5 +359,5 @@ def test_placement_run_layout_shards_like_training(model):
     assert batch.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
     assert not placed["wte"].sharding.is_fully_replicated
     assert placed["wte"].addressable_shards[0].data.size < placed["wte"].size
-    p2, b2, bs2 = placement.place(config, params, 3, "data")
+    p2, _, bs2 = placement.place(config, params, 3, "data")
     assert bs2 == 8 and p2["wte"].sharding.is_fully_replicated

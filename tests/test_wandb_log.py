@@ -28,7 +28,8 @@ os.environ.pop("WANDB_MODE", None)
 def _records(path):
     """Protobuf payloads of a .wandb file: a 7-byte header, then 32 KiB blocks of records, each with
     a 7-byte header (crc32, little-endian length, type: 1 full, 2 first, 3 middle, 4 last)."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     pos, part, block = 7, b"", 32768
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -117,7 +118,8 @@ def test_writer_offline_rows_config_run_json_and_resume(tmp_path, monkeypatch):
         ids.append(info["wandb"]["id"])
         assert info["wandb"]["dir"] == os.path.join(workdir, "wandb") and info["wandb"]["mode"] == "offline"
     assert ids[0] == ids[1]
-    assert json.load(open(os.path.join(workdir, "run.json")))["wandb"]["id"] == ids[0]
+    with open(os.path.join(workdir, "run.json")) as f:
+        assert json.load(f)["wandb"]["id"] == ids[0]
     runs = offline_runs(workdir)
     assert len(runs) == 2 and all(r.endswith("-" + ids[0]) for r in runs)
     for start, r in enumerate(runs):
