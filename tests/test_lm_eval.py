@@ -268,6 +268,11 @@ def test_request_level_equal_lm_eval_hf_backend(ours, hf):
     assert cut[0] == free[0][: free[0].index(stop)]
     assert all(stop not in t for t in cut)
 
+    sampled_kw = {"until": [], "max_gen_toks": GEN_TOKS, "do_sample": True, "temperature": 5.0}
+    sampled = [ours.generate_until(_gen_requests(GEN_PROMPTS[:1], sampled_kw))[0] for _ in range(2)]
+    assert sampled[0] == sampled[1]  # the adapter's seed makes sampling reproducible
+    assert sampled[0] != free[0]  # not the greedy continuation
+
 
 def test_builtin_tasks_agree_with_adapter(model, task_files, results):
     config, params, _ = model
