@@ -70,6 +70,16 @@ def _chunks(docs: Iterable[str], chunk_chars: int, stats: dict) -> Iterator[list
         yield chunk
 
 
+def _first_documents(docs: Iterable[str], n: int) -> Iterator[str]:
+    """The documents up to and including the n-th non-empty one (empty ones pass, to be counted)."""
+    seen = 0
+    for doc in docs:
+        yield doc
+        seen += bool(doc)
+        if seen >= n:
+            return
+
+
 def _encode_chunk(docs: list[str]) -> list[np.ndarray]:
     tok = get_tokenizer()
     out = []
@@ -114,8 +124,13 @@ def _move_tail_to_val(files: dict, counts: dict, val_fraction: float) -> None:
 def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             val_fraction: float = 0.05, num_workers: int = 2, *,
             tfds_data_dir: str | None = None, chunk_chars: int = 1 << 18,
-            progress: bool = True, split: str = "documents") -> dict:
-    """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json)."""
+            progress: bool = True, split: str = "documents", hf_config: str | None = None,
+            max_docs: int = 0, max_tokens: int = 0) -> dict:
+    """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json).
+    max_docs / max_tokens (0 = no limit): stop after that many non-empty documents, or after the
+    document that brings the total (EOTs included) to max_tokens -- a sample of the source's start."""
+    if max_docs < 0 or max_tokens < 0:
+        raise ValueError(f"max_docs and max_tokens must be >= 0, got {max_docs}, {max_tokens}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if split not in ("documents", "tail"):
@@ -129,7 +144,9 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
         for name in ("train.bin", "val.bin", "meta.json"):
             tmp_paths[name] = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
         files = {s: open(tmp_paths[f"{s}.bin"], "wb", buffering=1 << 20) for s in SPLITS}
-        docs = iter_documents(source, tfds_data_dir=tfds_data_dir)
+        docs = iter_documents(source, tfds_data_dir=tfds_data_dir, hf_config=hf_config)
+        if max_docs:
+            docs = _first_documents(docs, max_docs)
         bar = tqdm(unit=" docs", desc=f"prepare {source}", disable=not progress, delay=0.5)
         for i, arr in enumerate(_tokenized(docs, num_workers, chunk_chars, stats)):
             name = "val" if by_document and is_val_document(i, val_fraction) else "train"
@@ -141,6 +158,8 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             bar.set_postfix_str(f"{counts['train']['tokens'] + counts['val']['tokens']:,} tokens",
                                 refresh=False)
             bar.update()
+            if max_tokens and counts["train"]["tokens"] + counts["val"]["tokens"] >= max_tokens:
+                break
         bar.close()
 
         if counts["train"]["documents"] == 0:
@@ -166,6 +185,8 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             "skipped_empty_documents": stats["skipped_empty_documents"],
             "splits": counts,
         }
+        meta.update({k: v for k, v in (("hf_config", hf_config), ("max_docs", max_docs),
+                                        ("max_tokens", max_tokens)) if v})
         with open(tmp_paths["meta.json"], "w") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
