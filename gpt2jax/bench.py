@@ -158,7 +158,7 @@ class TorchReference:
 
 
 def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_runs: int = 10,
-        eval_batch: int = 0, progress: bool = True) -> dict:
+        eval_batch: int = 0, eval_buckets=None, progress: bool = True) -> dict:
     """Run the benchmark and return its results (see the module docstring)."""
     import jax
     import jax.numpy as jnp
@@ -261,7 +261,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
     # The zero-shot scorer on the same parameters.
     eb = eval_batch or B
     sharding = trainer.batch_sharding if eb % max(n_dev, 1) == 0 and n_dev > 1 else None
-    scorer = Scorer(m, params, batch_size=eb, batch_sharding=sharding, progress=False)
+    scorer = Scorer(m, params, batch_size=eb, buckets=eval_buckets, batch_sharding=sharding, progress=False)
     reqs = _eval_requests(m.block_size, eb, scorer.buckets)
     scorer.loglikelihood(reqs)  # compiles every bucket
     scorer.loglikelihood(reqs)
@@ -301,7 +301,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
         "forward_tokens_per_sec": fwd_tps,
         "eval_tokens_per_sec": eval_tps,
         "eval": {"requests": st.requests, "tokens": st.tokens, "padded_tokens": st.padded_tokens,
-                 "batch": eb, "seconds": st.seconds, "vs_forward": eval_tps / fwd_tps},
+                 "batch": eb, "buckets": list(scorer.buckets), "seconds": st.seconds, "vs_forward": eval_tps / fwd_tps},
         "commit": _git_commit(),
         "versions": _versions(),
         "command": " ".join(["python -m gpt2jax.bench"] + sys.argv[1:]),
