@@ -10,14 +10,12 @@ costs one single-token step against the cache. The whole loop is one jit-compile
 from __future__ import annotations
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from gpt2jax.model import GPT2, NEG_INF, init_cache
+from gpt2jax.model import GPT2, NEG_INF, ModelConfig, init_cache
 
 
 def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
@@ -36,9 +34,8 @@ def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("model_json", "max_new_tokens", "top_k", "top_p", "greedy"))
-def _generate(params, prompt_BT, key, temperature, *, top_p, model_json, max_new_tokens, top_k, greedy):
-    model_cfg = ml_collections.ConfigDict(json.loads(model_json))  # static (hashable) form
+@functools.partial(jax.jit, static_argnames=("model_cfg", "max_new_tokens", "top_k", "top_p", "greedy"))
+def _generate(params, prompt_BT, key, temperature, *, top_p, model_cfg, max_new_tokens, top_k, greedy):
     model = GPT2(model_cfg)
     B, T0 = prompt_BT.shape
     cache = init_cache(model_cfg, B, T0 + max_new_tokens)
@@ -80,7 +77,7 @@ def generate(model_cfg, params, prompt_tokens, max_new_tokens: int, *, key=None,
     key = jax.random.PRNGKey(0) if key is None else key
     return _generate(
         params, prompt, key, jnp.float32(temperature), top_p=float(top_p),
-        model_json=model_cfg.to_json(), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
+        model_cfg=ModelConfig.of(model_cfg), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
         greedy=temperature <= 0.0,
     )
 
