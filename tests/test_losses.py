@@ -86,3 +86,42 @@ def test_bad_vocab_size():
     h, w, t = _inputs()
     with pytest.raises(ValueError, match="vocab_size"):
         blockwise_cross_entropy(h, w, t, PADDED + 1)
+
+
+def test_trainer_loss_block_matches_dense():
+    """train.loss_block > 0 gives the dense step's loss and update, on the 8-device mesh (batch split),
+    with the tied head and muP's output multiplier (1/width_mult = 0.5 here)."""
+    import importlib.util
+
+    from conftest import ROOT
+    from gpt2jax.train import Trainer
+
+    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    c = tiny.get_config()
+    c.model.vocab_size = 1000
+    c.model.parametrization, c.model.mup_base_width = "mup", 32
+    rows = np.random.default_rng(0).integers(0, 1000, (c.train.batch_size, c.model.block_size + 1), dtype=np.int32)
+    outs = []
+    for block in (0, 96):  # 96 does not divide the padded 1024 rows
+        c.train.loss_block = block
+        tr = Trainer(c)
+        p, o = tr.init_state(0)
+        batch = tr.global_batch(rows)
+        val = float(tr.eval_step(p, batch))
+        p, o, out = tr.train_step(p, o, batch, jnp.asarray(0, jnp.int32))
+        outs.append((val, float(out["loss"]), float(out["grad_norm"]), jax.device_get(p)))
+    (v0, l0, g0, p0), (v1, l1, g1, p1) = outs
+    np.testing.assert_allclose([v1, l1, g1], [v0, l0, g0], rtol=1e-5)
+    assert abs(v0 - np.log(1000)) < 1.0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p0)
+
+
+def test_loss_block_validated():
+    from gpt2jax import config as config_lib
+
+    c = config_lib.get_config()
+    c.train.loss_block = -1
+    with pytest.raises(config_lib.ConfigError, match="train.loss_block"):
+        config_lib.validate(c)
