@@ -217,7 +217,7 @@ def main(argv=None) -> int:
             small = _set(_tiny(args.root), model__scan_layers=True)
             large = _set(small, model__n_layer=4, model__remat="dots_no_batch")
             check_base, attn_shape, model_cfgs, steps, warmup, train_steps = small, (2, 32, 2, 32), None, 2, 1, 3
-            large_buckets = None
+            scorer_buckets = None
         else:
             if dev.platform != "gpu":
                 raise Mismatch(f"no GPU: jax's default device is {dev.platform} ({dev.device_kind}); "
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
             attn_shape = (4, 1024, 12, 64)
             model_cfgs = (_set(small, model__attention="cudnn").model, _set(small, model__attention="xla").model)
             steps, warmup, train_steps = 10, 2, 6
-            large_buckets = (256, 1024)  # two scorer compiles of the 1.5B model, not six
+            scorer_buckets = (256, 1024)  # two scorer compiles per model, not six
 
         log("check 1: bf16 vs fp32 loss")
         results["checks"]["bf16_vs_fp32"] = check_bf16_vs_fp32(check_base, train_steps)
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         write()
         log(f"  ok: {results['checks']['blockwise_loss']}")
 
-        for name, cfg, compare, buckets in (("small", small, "torch", None), ("large", large, "", large_buckets)):
+        for name, cfg, compare, buckets in (("small", small, "torch", scorer_buckets), ("large", large, "", scorer_buckets)):
             if time.time() - t0 > args.budget_s:
                 results["bench"][name] = {"skipped": f"time budget ({args.budget_s:.0f} s) spent"}
                 log(f"bench {name}: skipped (time budget)")

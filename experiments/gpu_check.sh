@@ -70,6 +70,6 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 cd "$TARGET"  # import the installed copy, not the checkout
 "$PY" -c "import gpt2jax, jax; print('gpt2jax from', gpt2jax.__file__); print('devices', jax.devices())"
 LEFT=$(( LIMIT_S - ($(date +%s) - START) ))
-timeout "$LEFT" "$PY" "$ROOT/experiments/gpu_check.py" --out "$OUT" --root "$ROOT" --budget_s $(( LEFT - 150 )) \
+timeout "$LEFT" "$PY" "$ROOT/experiments/gpu_check.py" --out "$OUT" --root "$ROOT" --budget_s $(( LEFT - 120 )) \
   || die "see the messages above and $OUT"
 echo "results: $OUT"

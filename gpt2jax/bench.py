@@ -84,7 +84,7 @@ def _local_rows(trainer, rows: np.ndarray) -> np.ndarray:
     return rows[idx * n : (idx + 1) * n]
 
 
-def _eval_requests(block_size: int, per_bucket: int, buckets, seed: int = 0):
+def _eval_requests(block_size: int, per_bucket: int, buckets, vocab_size: int, seed: int = 0):
     """(context, continuation) requests whose model inputs are 16..block_size tokens long:
     `per_bucket` of them in each of the scorer's length buckets, lengths uniform within it."""
     rng = np.random.default_rng(seed)
@@ -94,7 +94,7 @@ def _eval_requests(block_size: int, per_bucket: int, buckets, seed: int = 0):
             continue
         for _ in range(per_bucket):
             n_in = int(rng.integers(lo, b + 1))  # model input length; the window is n_in + 1 tokens
-            toks = rng.integers(0, 50256, n_in + 1).tolist()
+            toks = rng.integers(0, vocab_size, n_in + 1).tolist()
             n_cont = int(rng.integers(1, min(8, n_in) + 1))
             reqs.append((toks[:-n_cont], toks[-n_cont:]))
         lo = b + 1
@@ -267,7 +267,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
     eb = eval_batch or B
     sharding = trainer.batch_sharding if eb % max(n_dev, 1) == 0 and n_dev > 1 else None
     scorer = Scorer(m, params, batch_size=eb, buckets=eval_buckets, batch_sharding=sharding, progress=False)
-    reqs = _eval_requests(m.block_size, eb, scorer.buckets)
+    reqs = _eval_requests(m.block_size, eb, scorer.buckets, m.vocab_size)
     scorer.loglikelihood(reqs)  # compiles every bucket
     scorer.loglikelihood(reqs)
     st = scorer.last_stats

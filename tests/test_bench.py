@@ -22,7 +22,7 @@ def test_cli_json_with_torch_reference():
     env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="")  # one CPU device, as a user runs it
     cmd = [sys.executable, "-m", "gpt2jax.bench", f"--config={ROOT}/configs/tiny.py", *SMALL,
            "--steps=2", "--warmup=1", "--matmul_runs=10", "--compare=torch", "--json"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     r = json.loads(lines[-1])  # the last line of stdout is the JSON object

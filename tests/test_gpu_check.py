@@ -30,3 +30,21 @@ def test_refuses_a_missing_wheels_dir(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_check.sh"), str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "GPU CHECK FAILED" in proc.stderr and "nope" in proc.stderr
+
+
+def test_gpu_mode_installs_offline_then_refuses_cpu(tmp_path):
+    """The real mode: installs the project (no network, empty WHEELS_DIR: nothing else is missing
+    here) into a temporary target, imports it from there, and fails loudly without a GPU."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    out = tmp_path / "gpu.json"
+    env = dict(os.environ, GPU_CHECK_OUT=str(out), XLA_FLAGS="", PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_check.sh"), str(wheels)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "GPU CHECK FAILED: no GPU" in proc.stderr
+    imported_from = proc.stdout.split("gpt2jax from ")[1].split()[0]
+    # the installed copy, unless the offline build was impossible here (then it says so)
+    assert not imported_from.startswith(str(ROOT)) or "building gpt2jax offline failed" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["ok"] is False and "no GPU" in r["error"]
