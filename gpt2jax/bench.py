@@ -173,6 +173,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    commit = _git_commit()  # now: the code this run imported (the checkout may move while it runs)
     config_lib.validate(config)
     m = config.model
     B, T = config.train.batch_size, config_lib.seq_len(config)
@@ -310,7 +311,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
         "eval_tokens_per_sec": eval_tps,
         "eval": {"requests": st.requests, "tokens": st.tokens, "padded_tokens": st.padded_tokens,
                  "batch": eb, "buckets": list(scorer.buckets), "seconds": st.seconds, "vs_forward": eval_tps / fwd_tps},
-        "commit": _git_commit(),
+        "commit": commit,
         "versions": _versions(),
         "command": " ".join(["python -m gpt2jax.bench"] + sys.argv[1:]),
     }
