@@ -50,15 +50,10 @@ def test_run_without_reference_on_a_mesh():
     """In-process, on the 8 simulated devices (batch split over them), no --compare."""
     import jax
 
-    import importlib.util
-
+    from conftest import tiny_config
     from gpt2jax import bench
 
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
-    c = tiny.get_config()
-    c.model.vocab_size = 1000
+    c = tiny_config(model__vocab_size=1000)
     r = bench.run(c, steps=2, warmup=1, matmul_runs=10, progress=False)
     assert r["devices"] == jax.device_count() == 8
     for k in REQUIRED:

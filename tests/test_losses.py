@@ -91,17 +91,10 @@ def test_bad_vocab_size():
 def test_trainer_loss_block_matches_dense():
     """train.loss_block > 0 gives the dense step's loss and update, on the 8-device mesh (batch split),
     with the tied head and muP's output multiplier (1/width_mult = 0.5 here)."""
-    import importlib.util
-
-    from conftest import ROOT
+    from conftest import tiny_config
     from gpt2jax.train import Trainer
 
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
-    c = tiny.get_config()
-    c.model.vocab_size = 1000
-    c.model.parametrization, c.model.mup_base_width = "mup", 32
+    c = tiny_config(model__vocab_size=1000, model__parametrization="mup", model__mup_base_width=32)
     rows = np.random.default_rng(0).integers(0, 1000, (c.train.batch_size, c.model.block_size + 1), dtype=np.int32)
     outs = []
     for block in (0, 96):  # 96 does not divide the padded 1024 rows
