@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
             # Weights & Biases (gpt2jax/wandb_log.py), on when project is set. mode: '' (wandb's
             # default / $WANDB_MODE) | 'online' | 'offline' | 'disabled'; tags: comma-separated.
             wandb=ml_collections.ConfigDict(dict(project="", entity="", name="", mode="", tags="")),
+            # loss over the LM head: 0 = dense logits; N > 0 = gpt2jax.losses' blockwise cross-entropy
+            # over N vocabulary rows at a time (never holds the [B, T, V] logits; same loss)
+            loss_block=0,
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -240,6 +243,11 @@ def validate(config) -> None:
     _check(ck.keep_every >= 0, "checkpoint.keep_every", f"must be >= 0 (0 = off), got {ck.keep_every}")
     _check(t.nonfinite in NONFINITE, "train.nonfinite", f"must be one of {NONFINITE}, got {t.nonfinite!r}")
     _check(t.stop_after >= 0, "train.stop_after", f"must be >= 0 (0 = off), got {t.stop_after}")
+    _check(
+        isinstance(t.loss_block, int) and t.loss_block >= 0,
+        "train.loss_block",
+        f"must be an int >= 0 (0 = dense logits), got {t.loss_block!r}",
+    )
 
     mesh = config.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]

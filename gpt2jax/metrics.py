@@ -27,6 +27,23 @@ PEAK_TFLOPS = (
     ("TPU v3", 123.0),
 )
 
+# fp32 operands: what XLA runs an fp32 matmul at by default -- TF32 tensor cores on NVIDIA
+# (dense), and one bf16 pass on TPU (jax's default matmul precision), so there the bf16 peak.
+PEAK_TFLOPS_FP32 = (
+    ("H200", 494.5),
+    ("H100", 494.5),
+    ("A100", 156.0),
+)
+
+
+def device_peak_flops(device_kind: str, dtype: str = "bfloat16") -> float | None:
+    """Peak FLOP/s of one device of `device_kind` for a compute dtype, or None when unknown."""
+    table = PEAK_TFLOPS_FP32 if dtype == "float32" and "tpu" not in device_kind.lower() else PEAK_TFLOPS
+    for key, tf in table:
+        if key.lower() in device_kind.lower():
+            return tf * 1e12
+    return None
+
 
 def flops_per_token(model_cfg, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token."""

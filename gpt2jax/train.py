@@ -39,7 +39,10 @@ from gpt2jax import metrics as metrics_lib
 from gpt2jax import sharding as shd
 from gpt2jax import wandb_log
 from gpt2jax.data import loader
-from gpt2jax.model import GPT2, abstract_params, count_params, cross_entropy, init_params
+from gpt2jax.losses import blockwise_cross_entropy
+from gpt2jax.model import (
+    GPT2, abstract_params, count_params, cross_entropy, head_weight, init_params, output_multiplier,
+)
 from gpt2jax.optim import make_optimizer, schedule
 
 # Sections whose change would make a resumed run a different experiment.
@@ -115,12 +118,17 @@ class Trainer:
     # -- steps ---------------------------------------------------------------------------------
     def _loss(self, params, batch_BT1, key):
         x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
+        kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
+        block = self.config.train.loss_block
         with shd.activation_context(self.config, self.mesh):  # activation layouts from mesh.rules
-            if key is None:
-                logits = self.model.apply({"params": params}, x)
-            else:
-                logits = self.model.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
-        return cross_entropy(logits, y)
+            if not block:
+                return cross_entropy(self.model.apply({"params": params}, x, **kw), y)
+            # Blockwise over the vocabulary: the [B, T, V] logits are never held (gpt2jax/losses.py).
+            h = self.model.apply({"params": params}, x, return_hidden=True, **kw)
+            m = self.model.config  # the frozen ModelConfig
+            if m.mup:
+                h = h * output_multiplier(m)
+            return blockwise_cross_entropy(h, head_weight(params, m), y, m.vocab_size, block=block)
 
     def _train_step(self, params, opt_state, batch_BT1, step):
         cfg = self.config
