@@ -8,13 +8,15 @@
 muP's base width is 32, so at width 32 muP and SP are the same model (one set of runs serves both); at width
 256 muP divides the hidden matrices' init std by sqrt(8) and their Adam learning rate by 8, multiplies the
 logits by 1/8 and scales attention by sqrt(K0)/K (gpt2jax/model.py ParamSpec). The grid is 2^-11 .. 2^-5
-(7 points, one factor of 2 apart). Every run: 200 steps of 8 x 64 tokens (102,400 tokens), 20 warmup steps,
+(one factor of 2 apart), extended to 2^-3 for the base width and for muP, whose optima lay at the top of the
+first grid (SP at width 256 is past its optimum by then, so its grid stops at 2^-5). Every run: 200 steps of 8 x 64 tokens (102,400 tokens), 20 warmup steps,
 cosine to lr/10, weight decay 0.1, the whole val split evaluated at the end.
 """
 
 from experiments.sweep import Sweep, grid
 
-LRS = [2.0**-k for k in range(11, 4, -1)]
+LRS = [2.0**-k for k in range(11, 4, -1)]  # 2^-11 .. 2^-5
+WIDE_LRS = LRS + [2.0**-4, 2.0**-3]  # where the optimum lies at the top of the first grid
 COMMON = {
     "model.n_layer": 2,
     "model.n_head": 4,
@@ -33,8 +35,8 @@ COMMON = {
 }
 
 
-def _lr_runs(prefix, width, parametrization):
-    runs = grid(prefix, "configs/shakespeare.py", {"optim.lr": LRS},
+def _lr_runs(prefix, width, parametrization, lrs):
+    runs = grid(prefix, "configs/shakespeare.py", {"optim.lr": lrs},
                 overrides={**COMMON, "model.n_embd": width, "model.parametrization": parametrization},
                 tags={"width": width, "parametrization": parametrization})
     for r in runs:  # cosine to lr / 10
@@ -43,5 +45,6 @@ def _lr_runs(prefix, width, parametrization):
 
 
 def get_sweep():
-    runs = _lr_runs("base-w32", 32, "sp") + _lr_runs("sp-w256", 256, "sp") + _lr_runs("mup-w256", 256, "mup")
+    runs = (_lr_runs("base-w32", 32, "sp", WIDE_LRS) + _lr_runs("sp-w256", 256, "sp", LRS)
+            + _lr_runs("mup-w256", 256, "mup", WIDE_LRS))
     return Sweep(runs=runs, name="mup_transfer")
