@@ -32,7 +32,9 @@ from gpt2jax.fileio import sha256_file
 class TokenDataset:
     """One split (``train`` or ``val``) of a prepared dir, memory-mapped read-only."""
 
-    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int = 50257):
+    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int = 50257, *, min_batch: int = 0):
+        """`min_batch` > 0: refuse a split with fewer windows than that (a training batch would repeat
+        windows within itself)."""
         self.data_dir, self.split, self.seq_len = data_dir, split, int(seq_len)
         data_dir = str(data_dir)
         self._fs = None if _is_local(data_dir) else _url_to_fs(data_dir)
@@ -77,13 +79,16 @@ class TokenDataset:
             raise DataError(f"{bin_path}: max token id {info['max_token_id']} does not fit "
                             f"vocab_size {vocab_size}")
         if self.num_tokens < self.seq_len + 1:
-            raise DataError(f"{bin_path}: {self.num_tokens} tokens, fewer than one sequence "
-                            f"(seq_len + 1 = {self.seq_len + 1})")
+            raise DataError(f"{bin_path}: split {split!r} has {self.num_tokens} tokens, fewer than "
+                            f"seq_len + 1 = {self.seq_len + 1} (one sequence)")
         self.bin_path = bin_path
         self.sha256 = info.get("sha256")
         # Local: the whole file memory-mapped. Remote: None; windows() reads byte ranges.
         self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if self._fs is None else None
         self.num_windows = (self.num_tokens - 1) // self.seq_len
+        if self.num_windows < min_batch:
+            raise DataError(f"{bin_path}: {self.num_tokens} tokens make {self.num_windows} sequences of "
+                            f"{self.seq_len + 1}, fewer than one batch of {min_batch}")
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def __repr__(self):
@@ -171,9 +176,6 @@ def _rows(global_batch: int, process_index: int, process_count: int) -> np.ndarr
 def train_batch(ds: TokenDataset, step: int, global_batch: int, seed: int,
                 process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's rows of the global training batch of ``step``: int32 [local, T+1]."""
-    if ds.num_windows < global_batch:
-        raise DataError(f"{ds.bin_path}: {ds.num_tokens} tokens make {ds.num_windows} sequences of "
-                        f"{ds.seq_len + 1}, fewer than one batch of {global_batch}")
     j = step * global_batch + _rows(global_batch, process_index, process_count)
     epoch, pos = np.divmod(j, ds.num_windows)
     idx = np.empty_like(j)
