@@ -175,8 +175,14 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
         raise DataError(f"{state}: refusing to replace it (a run may be training on it). Pass "
                         "--overwrite to replace it, or choose another --out_dir")
     if state is None:
-        return _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress, split,
-                      options)
+        existed = os.path.isdir(out_dir)
+        try:
+            return _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress,
+                          split, options)
+        except BaseException:
+            if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
+                os.rmdir(out_dir)  # a failed first prepare leaves nothing behind
+            raise
     # Overwrite: build beside, then swap by renames, then drop the old one.
     parent, name = os.path.split(os.path.abspath(out_dir))
     stamp = f"{os.getpid()}.{int(time.time())}"
