@@ -294,7 +294,7 @@ def test_second_trainer_on_a_workdir_is_refused(tmp_path, data, cache):
     """Two real processes: the second is refused at once naming the first, which trains on and ends
     with its checkpoints intact; a reader (sample) works on the live run."""
     wd = tmp_path / "wd"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XLA_FLAGS": ""}
     cmd = [sys.executable, "-m", "gpt2jax.train", *train_args(wd, data, cache, "--config.train.num_steps=100000",
            "--config.train.log_every=1", "--config.checkpoint.every=5", "--config.train.eval_every=0")]
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -321,3 +321,143 @@ def test_second_trainer_on_a_workdir_is_refused(tmp_path, data, cache):
     stopped = int(out.split("stop requested: saving step ")[1].split()[0])
     assert ckpt_lib.Checkpointer(wd, read_only=True).latest_step() == stopped
     assert not (wd / LOCK_NAME).exists()
+
+
+# -- train: data and runs ---------------------------------------------------------------------------
+def test_train_refuses_bad_data_naming_the_file(capsys, tmp_path, data, cache):
+    before = digest(data)
+    meta = json.loads((data / "meta.json").read_text())
+    n = meta["splits"]["train"]["tokens"]
+    no_meta = copy_data(data, tmp_path / "no_meta")
+    (no_meta / "meta.json").unlink()
+    cases = {
+        "missing meta.json": (no_meta, "meta.json"),
+        "garbage meta.json": (copy_data(data, tmp_path / "garbage", meta="{not json"), "meta.json"),
+        "meta.json of something else": (copy_data(data, tmp_path / "other", meta=[1, 2]), "meta.json"),
+        "empty train.bin": (copy_data(data, tmp_path / "empty", train_bytes=b""), "train.bin: the file is empty"),
+        "odd-sized train.bin": (copy_data(data, tmp_path / "odd", train_bytes=(data / "train.bin").read_bytes() + b"\0"),
+                                "not a whole number"),
+        "train.bin shorter than meta.json says": (
+            copy_data(data, tmp_path / "short", train_bytes=(data / "train.bin").read_bytes()[:-64]), "truncated"),
+        "smaller than one batch": (
+            copy_data(data, tmp_path / "small", tokens=np.arange(200),
+                      meta={**meta, "splits": {**meta["splits"], "train": {"tokens": 200, "max_token_id": 199}}}),
+            "fewer than one batch of 8"),
+    }
+    for name, (d, what) in cases.items():
+        wd = tmp_path / f"wd_{name.replace(' ', '_')}"
+        last = refused(run(capsys, train_lib, *train_args(wd, d, cache)), what)
+        assert str(d) in last, (name, last)
+        assert not (wd / "checkpoints").exists(), name
+    # Ids >= vocab_size under a meta.json that claims otherwise: the batch that reads them says where.
+    bad = copy_data(data, tmp_path / "ids", tokens=np.full(n, 60000))
+    wd = tmp_path / "wd_ids"
+    refused(run(capsys, train_lib, *train_args(wd, bad, cache)), str(bad / "train.bin"), "token id 60000 at token offset")
+    assert ckpt_lib.Checkpointer(wd, read_only=True).all_steps() == []
+    assert digest(data) == before
+
+
+def _rows(wd):
+    return [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_refuses_changed_data(capsys, tmp_path, data, cache):
+    d = copy_data(data, tmp_path / "data")
+    wd = tmp_path / "wd"
+    args = train_args(wd, d, cache, "--config.train.num_steps=4", "--config.train.stop_after=2",
+                      "--config.train.eval_every=0", "--config.train.eval_batches=1")
+    assert run(capsys, train_lib, *args)[0] == 0
+    sha = json.loads((d / "meta.json").read_text())["splits"]["train"]["sha256"]
+    assert json.loads((wd / "run.json").read_text())["data"]["train"]["sha256"] == sha
+    assert ckpt_lib.Checkpointer(wd, read_only=True).read_meta(2)["data"]["train"]["sha256"] == sha
+    # The corpus is prepared again (another source) under the same data.dir: the resume is refused.
+    src = tmp_path / "other.txt"
+    src.write_text("a completely different corpus. " * 900)
+    from gpt2jax.data.prepare import prepare as prep
+
+    prep(f"text:{src}", str(d), progress=False, overwrite=True)
+    new_sha = json.loads((d / "meta.json").read_text())["splits"]["train"]["sha256"]
+    before = digest(wd)
+    refused(run(capsys, train_lib, *args[:-3]), f"{wd / 'checkpoints'}/2", "the data changed",
+            f"train sha256 {sha} -> {new_sha}")
+    assert digest(wd) == before
+    # Data prepared before meta.json held hashes: one warning, and the run records them.
+    legacy = copy_data(data, tmp_path / "legacy")
+    meta = json.loads((legacy / "meta.json").read_text())
+    for split in meta["splits"].values():
+        del split["sha256"]
+    (legacy / "meta.json").write_text(json.dumps(meta))
+    from gpt2jax.data import loader
+
+    ident = loader.data_identity(*(loader.TokenDataset(legacy, s, 32) for s in ("train", "val")))
+    assert capsys.readouterr().out.count("records no sha256") == 1
+    assert ident["train"]["sha256"] == sha and ident["train"]["tokens"] == meta["splits"]["train"]["tokens"]
+
+
+def test_loss_diverging_is_flagged_once(capsys, tmp_path, data, cache):
+    wd = tmp_path / "wd"
+    code, out, err = run(capsys, train_lib, *train_args(
+        wd, data, cache, "--config.optim.lr=10", "--config.optim.min_lr=10", "--config.optim.warmup_steps=0",
+        "--config.train.num_steps=12", "--config.train.log_every=1", "--config.train.eval_every=0",
+        "--config.train.eval_batches=1", "--config.train.nonfinite=skip"))
+    assert code == 0, err[-3000:]
+    rows = [r for r in _rows(wd) if "loss" in r]
+    flagged = [r for r in rows if r.get("warning") == "loss_diverging"]
+    assert len(flagged) == 1 and out.count("WARNING: the loss is diverging") == 1
+    first = rows[0]["loss"]
+    assert flagged[0]["loss"] > 2 * first
+    assert all(r["loss"] is None or r["loss"] <= 2 * first for r in rows if r["step"] < flagged[0]["step"])
+
+
+def test_disk_full_during_a_save_names_the_last_intact_checkpoint(capsys, tmp_path, data, cache, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *a, **k):
+        if step == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory / "4"))
+        return real_save(self, step, *a, **k)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    wd = tmp_path / "wd"
+    args = train_args(wd, data, cache, "--config.train.num_steps=6", "--config.checkpoint.every=2",
+                      "--config.train.eval_every=0", "--config.train.eval_batches=1")
+    refused(run(capsys, train_lib, *args), "disk full", f"last intact checkpoint is step 2 ({wd / 'checkpoints' / '2'})")
+    assert ckpt_lib.Checkpointer(wd, read_only=True).all_steps() == [2]
+    assert not (wd / LOCK_NAME).exists()
+
+
+def test_ctrl_c_during_evaluation_stops_within_a_batch_and_saves(capsys, tmp_path, data, cache, monkeypatch):
+    from gpt2jax.eval import scoring
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "home"]
+    lines = [json.dumps({"text": " ".join(rng.choice(words, 12))}) for _ in range(160)]
+    (tasks / "lambada_test.jsonl").write_text("\n".join(lines) + "\n")
+    calls = []
+    real = scoring._cached_fn
+
+    def cached_fn(key, cfg):
+        fn = real(key, cfg)
+
+        def counted(*a):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of 20 batches
+            return fn(*a)
+
+        return counted
+
+    monkeypatch.setattr(scoring, "_cached_fn", cached_fn)
+    wd = tmp_path / "wd"
+    code, out, err = run(capsys, train_lib, *train_args(
+        wd, data, cache, "--config.train.num_steps=4", "--config.train.eval_every=0", "--config.train.eval_batches=1",
+        "--config.eval.tasks=lambada", f"--config.eval.tasks_dir={tasks}", "--config.eval.every=2",
+        "--config.eval.batch_size=8"))
+    assert code == 0, err[-3000:]
+    assert len(calls) <= 4 and "evaluation interrupted" in out and "stop requested: saving step 2" in out
+    assert ckpt_lib.Checkpointer(wd, read_only=True).all_steps() == [2]
+    assert not any(k.startswith("eval/") for r in _rows(wd) for k in r)
