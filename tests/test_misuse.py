@@ -58,6 +58,18 @@ def run(capsys, tool, *argv) -> tuple[int, str, str]:
     return rc, out, err
 
 
+SEEN: list = []  # (test, exit status, error line) of every refusal, for docs/fault_tolerance.md
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _log_refusals():
+    """GPT2JAX_MISUSE_LOG=FILE: write every refusal of the run there (JSON lines)."""
+    yield
+    if os.environ.get("GPT2JAX_MISUSE_LOG"):
+        with open(os.environ["GPT2JAX_MISUSE_LOG"], "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in SEEN)
+
+
 def refused(result, *names, rc=None) -> str:
     """Assert one clear error: non-zero exit, no traceback, last stderr line `error: ...` naming each
     of `names`. Returns that line."""
@@ -68,6 +80,7 @@ def refused(result, *names, rc=None) -> str:
     assert last.startswith("error: "), err[-3000:]
     for name in names:
         assert str(name) in last, (name, last)
+    SEEN.append((os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], code, last))
     return last
 
 
