@@ -293,13 +293,11 @@ def verify_fingerprint(tree, expected: list[int], where: str) -> None:
 def check_compatible(path, model_config, step: int | None = None) -> None:
     """Raise CheckpointError naming the first parameter of the checkpoint at `path` whose shape does
     not fit `model_config` -- from its meta alone, without compiling or reading arrays."""
-    from gpt2jax.model import init_params
+    from gpt2jax.model import abstract_params
 
     ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
     step = ck._step(step)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # abstract: eval_shape runs nothing
-    check_shapes(ck.read_meta(step), jax.eval_shape(lambda k: init_params(model_config, k), key),
-                 where=str(ck.directory / str(step)))
+    check_shapes(ck.read_meta(step), abstract_params(model_config), where=str(ck.directory / str(step)))
 
 
 def make_meta(step: int, config, params, **extra) -> dict:
@@ -329,13 +327,13 @@ def load_config(path, step: int | None = None):
 def load_params(path, step: int | None = None, shardings=None, model_config=None):
     """(config, params) from a workdir or checkpoints directory; the latest step by default.
     `shardings` (a tree like the params) places the arrays; default: the first device."""
-    from gpt2jax.model import init_params  # local import: model never depends on this module
+    from gpt2jax.model import abstract_params  # local import: model never depends on this module
 
     ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
     meta = ck.read_meta(step)
     config = config_lib.from_dict(meta["config"])
     mcfg = model_config or config.model
-    shapes = jax.eval_shape(lambda k: init_params(mcfg, k), jax.random.PRNGKey(0))
+    shapes = abstract_params(mcfg)
     if shardings is None:
         dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: dev, shapes)

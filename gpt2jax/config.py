@@ -25,6 +25,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("xla", "cudnn")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 NONFINITE = ("stop", "skip")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "none")
+MLPS = ("gelu", "swiglu")
+PARAMETRIZATIONS = ("sp", "mup")
 
 # Logical axis -> mesh axis (or axes). Parameters and activations are annotated with the logical
 # names; these rules decide how they are laid out on the mesh. See gpt2jax/sharding.py.
@@ -62,6 +66,17 @@ def get_config() -> ml_collections.ConfigDict:
             attention="xla",  # 'xla' | 'cudnn' (GPU, bf16/fp16 only)
             scan_layers=True,  # lax.scan over the stacked layers (compile time independent of depth)
             remat="none",  # 'none' | 'full' | 'dots' | 'dots_no_batch'
+            # Variants (gpt2jax/model.py); the defaults are GPT-2 exactly.
+            norm="layernorm",  # 'layernorm' | 'rmsnorm'
+            bias=True,  # biases in linear layers and norms
+            position="learned",  # 'learned' (wpe) | 'rope' | 'none'
+            rope_base=10000.0,
+            mlp="gelu",  # 'gelu' (4x, tanh-GELU) | 'swiglu' (hidden 8D/3 rounded up to a multiple of 32)
+            tie_embeddings=True,  # the LM head is wte; False = a separate lm_head
+            qk_norm=False,  # normalise q and k per head before the scores
+            parallel_block=False,  # x + attn(ln_1(x)) + mlp(ln_1(x))
+            parametrization="sp",  # 'sp' (GPT-2's) | 'mup' (Tensor Programs V)
+            mup_base_width=256,  # muP's base width: at n_embd == this, muP equals SP
         )
     )
     c.data = ml_collections.ConfigDict(dict(dir="data/shakespeare"))
@@ -178,6 +193,15 @@ def validate(config) -> None:
         )
         _check(m.dropout == 0.0, "model.attention", "'cudnn' has no attention dropout; set model.dropout=0")
     _check(m.remat in REMAT, "model.remat", f"must be one of {REMAT}, got {m.remat!r}")
+    for f, choices in (("norm", NORMS), ("position", POSITIONS), ("mlp", MLPS), ("parametrization", PARAMETRIZATIONS)):
+        _check(m[f] in choices, f"model.{f}", f"must be one of {choices}, got {m[f]!r}")
+    for f in ("bias", "tie_embeddings", "qk_norm", "parallel_block", "scan_layers"):
+        _check(isinstance(m[f], bool), f"model.{f}", f"must be True or False, got {m[f]!r}")
+    _check(m.rope_base > 1 and math.isfinite(m.rope_base), "model.rope_base", f"must be a finite number > 1, got {m.rope_base}")
+    if m.position == "rope":
+        _check((m.n_embd // m.n_head) % 2 == 0, "model.position", f"'rope' needs an even head size, got {m.n_embd // m.n_head}")
+    _check(isinstance(m.mup_base_width, int) and m.mup_base_width > 0, "model.mup_base_width",
+           f"must be a positive int, got {m.mup_base_width!r}")
 
     _check(isinstance(t.num_steps, int) and t.num_steps > 0, "train.num_steps", f"must be > 0, got {t.num_steps!r}")
     _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")

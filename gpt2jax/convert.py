@@ -10,7 +10,13 @@ Only safetensors are read: pickled weights (pytorch_model.bin, *.pt, *.ckpt) can
 HF's Conv1D weights are [in, out], so the mapping is a stack over layers plus reshapes (see
 gpt2jax/model.py for our layout). Tensors may be stored with or without the `transformer.` prefix
 (OpenAI's own checkpoints have none); the causal-mask buffers `h.{i}.attn.bias` / `masked_bias` are
-ignored, and `lm_head.weight`, if present, must equal `wte.weight` (GPT-2 ties them).
+ignored, and `lm_head.weight`, if present, must equal `wte.weight` unless config.json says
+`tie_word_embeddings: false` (then it is imported as an untied head, model.tie_embeddings=False).
+
+Export writes what GPT2LMHeadModel holds exactly: the default model, an untied head (lm_head.weight,
+tie_word_embeddings false) and bias=False (as zero biases). Other variants (rmsnorm, rope or no positions,
+swiglu, qk_norm, parallel_block, mup) are refused by name. The name map is checked against the model's
+derived parameter shapes (`_check_map`), so a parameter the map does not cover is an error, not a gap.
 """
 
 from __future__ import annotations
@@ -29,10 +35,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gpt2jax import config as config_lib
-from gpt2jax.model import count_params, param_shapes
+from gpt2jax.model import ModelConfig, count_params, param_shapes
+from gpt2jax.tokenizer import EOT, EOT_TEXT
 
-EOT = 50256
-EOT_TEXT = "<|endoftext|>"
 # (name inside transformer.h.{i}, our path inside params['h'])
 LAYER_MAP = (
     ("ln_1.weight", ("ln_1", "scale")),
@@ -106,6 +111,7 @@ def config_from_hf(hf: dict):
     need(not hf.get("add_cross_attention", False), "add_cross_attention", "not implemented")
     config = config_lib.get_config()
     m = config.model
+    m.tie_embeddings = bool(hf.get("tie_word_embeddings", True))
     try:
         m.n_layer, m.n_head, m.n_embd = int(hf["n_layer"]), int(hf["n_head"]), int(hf["n_embd"])
         m.block_size, m.vocab_size = int(hf["n_positions"]), int(hf["vocab_size"])
@@ -164,8 +170,14 @@ def params_from_state_dict(sd: dict, m) -> dict:
             raise ConversionError(f"tensor {name!r} is stored both with and without the 'transformer.' prefix")
         tensors[name] = np.asarray(value, np.float32)
     lm_head = tensors.pop("lm_head.weight", None)
-    if lm_head is not None and "wte.weight" in tensors and not np.array_equal(lm_head, tensors["wte.weight"]):
-        raise ConversionError("lm_head.weight differs from wte.weight: untied output embeddings are not supported")
+    if m.tie_embeddings:
+        if lm_head is not None and "wte.weight" in tensors and not np.array_equal(lm_head, tensors["wte.weight"]):
+            raise ConversionError(
+                "lm_head.weight differs from wte.weight although config.json ties them "
+                "(set tie_word_embeddings: false in config.json to import an untied head)"
+            )
+    elif lm_head is None:
+        raise ConversionError("config.json has tie_word_embeddings: false but there is no lm_head.weight")
     want = hf_shapes(m)
     missing = [k for k in want if k not in tensors]
     unexpected = sorted(k for k in tensors if k not in want)
@@ -178,17 +190,59 @@ def params_from_state_dict(sd: dict, m) -> dict:
         if tensors[k].shape != shape:
             raise ConversionError(f"tensor {k!r} has shape {tensors[k].shape}, expected {shape} from config.json")
 
-    ours = param_shapes(m)
+    ours = _check_map(m)
     params = {}
-    wte = np.zeros(ours["wte"], np.float32)
-    wte[: m.vocab_size] = tensors["wte.weight"]
-    params["wte"] = wte
+
+    def padded(x):
+        out = np.zeros(ours["wte"], np.float32)
+        out[: m.vocab_size] = x
+        return out
+
+    params["wte"] = padded(tensors["wte.weight"])
+    if not m.tie_embeddings:
+        params["lm_head"] = padded(lm_head)
     for hf, path in TOP_MAP:
         _set(params, path, tensors[hf])
     for hf, path in LAYER_MAP:
         stacked = np.stack([tensors[f"h.{i}.{hf}"] for i in range(m.n_layer)])
         _set(params, ("h",) + path, stacked.reshape(_get(ours["h"], path)))
     return params
+
+
+def _check_map(m) -> dict:
+    """The derived parameter shapes of model config `m`, after checking that the name map covers every
+    parameter (wte, lm_head and biases aside) with the element count of its HF tensor. Raises
+    ConversionError naming what GPT2LMHeadModel cannot hold."""
+    mc = ModelConfig.of(m)
+    unsupported = [
+        f"model.{f}={getattr(mc, f)!r}"
+        for f, default in (("norm", "layernorm"), ("position", "learned"), ("mlp", "gelu"), ("qk_norm", False),
+                           ("parallel_block", False), ("parametrization", "sp"))
+        if getattr(mc, f) != default
+    ]
+    if unsupported:
+        raise ConversionError(
+            "GPT2LMHeadModel cannot hold this model exactly: " + ", ".join(unsupported)
+            + " (only the default GPT-2, tie_embeddings=False and bias=False convert)"
+        )
+    ours, hf = param_shapes(mc), hf_shapes(mc)
+    mapped = {("h",) + path for _, path in LAYER_MAP} | {path for _, path in TOP_MAP} | {("wte",), ("lm_head",)}
+    for kpath, shape in jax.tree_util.tree_flatten_with_path(ours, is_leaf=lambda x: isinstance(x, tuple))[0]:
+        path = tuple(k.key for k in kpath)
+        if path not in mapped:
+            raise ConversionError(f"parameter {'/'.join(path)} has no Hugging Face GPT-2 name")
+    for name, path in LAYER_MAP:
+        if _has(ours["h"], path) and np.prod(_get(ours["h"], path)) != mc.n_layer * np.prod(hf[f"h.0.{name}"]):
+            raise ConversionError(f"h/{'/'.join(path)}: shape {_get(ours['h'], path)} does not hold {name} {hf[f'h.0.{name}']}")
+    return ours
+
+
+def _has(tree, path) -> bool:
+    for k in path:
+        if not isinstance(tree, dict) or k not in tree:
+            return False
+        tree = tree[k]
+    return True
 
 
 def from_hf(path):
@@ -205,19 +259,30 @@ def from_hf(path):
 
 
 def state_dict_from_params(params, m) -> dict:
-    """HF tensors (with the `transformer.` prefix, float32, no vocabulary padding, no lm_head)."""
+    """HF tensors (with the `transformer.` prefix, float32, no vocabulary padding; lm_head.weight only for
+    an untied head; zeros for the biases of a bias=False model)."""
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
-    ours, hf = param_shapes(m), hf_shapes(m)
-    for kpath, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    ours, hf = _check_map(m), hf_shapes(m)
+    got = jax.tree_util.tree_flatten_with_path(params)[0]
+    if {tuple(k.key for k in p) for p, _ in got} != {
+        tuple(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(ours, is_leaf=lambda x: isinstance(x, tuple))[0]
+    }:
+        raise ConversionError("the parameters do not match the model config's declaration")
+    for kpath, x in got:
         want = _get(ours, [k.key for k in kpath])
         if x.shape != tuple(want):
             raise ConversionError(f"parameter {'/'.join(k.key for k in kpath)} has shape {x.shape}, expected {want}")
     sd = {"wte.weight": params["wte"][: m.vocab_size]}
-    sd.update({k: _get(params, path) for k, path in TOP_MAP})
+    for k, path in TOP_MAP:
+        sd[k] = _get(params, path) if _has(params, path) else np.zeros(hf[k], np.float32)
     for k, path in LAYER_MAP:
-        stacked = _get(params["h"], path)
-        sd.update({f"h.{i}.{k}": stacked[i].reshape(hf[f"h.{i}.{k}"]) for i in range(m.n_layer)})
-    return {"transformer." + k: np.ascontiguousarray(v) for k, v in sd.items()}
+        for i in range(m.n_layer):
+            name = f"h.{i}.{k}"
+            sd[name] = _get(params["h"], path)[i].reshape(hf[name]) if _has(params["h"], path) else np.zeros(hf[name], np.float32)
+    out = {"transformer." + k: np.ascontiguousarray(v) for k, v in sd.items()}
+    if not m.tie_embeddings:
+        out["lm_head.weight"] = np.ascontiguousarray(params["lm_head"][: m.vocab_size])
+    return out
 
 
 def hf_config(m) -> dict:
@@ -240,7 +305,7 @@ def hf_config(m) -> dict:
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": bool(m.tie_embeddings),
         "use_cache": True,
         "bos_token_id": EOT,
         "eos_token_id": EOT,

@@ -1,8 +1,8 @@
 """FLOPs/MFU arithmetic and the metric writers (JSONL, TensorBoard; the console bar lives in train).
 
 FLOPs per token follow the PaLM paper's appendix B: 6 N + 12 n_layer n_embd T, where N counts the
-parameters that do matmuls (everything but the position table and padding; the tied LM head counted
-once) and the second term is attention's score and value matmuls (forward + backward). For GPT-2 124M
+parameters that do matmuls (gpt2jax.model.matmul_params, from the parameter declarations: everything but
+lookup tables -- the position table, an untied token table -- and padding; a tied LM head counted once) and the second term is attention's score and value matmuls (forward + backward). For GPT-2 124M
 at T = 1024 this is 0.855 GFLOPs per token.
 """
 
@@ -28,15 +28,10 @@ PEAK_TFLOPS = (
 )
 
 
-def matmul_params(model_cfg) -> int:
-    """N for FLOPs: all parameters except the position table and vocabulary padding."""
-    L, D = model_cfg.n_layer, model_cfg.n_embd
-    per_layer = 12 * D * D + 13 * D  # qkv, proj, mlp kernels and biases, 2 LayerNorms
-    return L * per_layer + 2 * D + model_cfg.vocab_size * D
-
-
 def flops_per_token(model_cfg, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token."""
+    from gpt2jax.model import matmul_params
+
     return 6.0 * matmul_params(model_cfg) + 12.0 * model_cfg.n_layer * model_cfg.n_embd * seq_len
 
 

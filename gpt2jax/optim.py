@@ -1,11 +1,17 @@
-"""The optimizer: AdamW with decoupled weight decay on matrices and embeddings only, linear warmup
-then cosine decay to min_lr, and global-norm gradient clipping. Gradient accumulation happens inside
-the train step (gpt2jax/train.py), so one optimizer update always sees the whole global batch."""
+"""The optimizer: AdamW with decoupled weight decay on matrices and embeddings only, linear warmup then
+cosine decay to min_lr, and global-norm gradient clipping. Gradient accumulation happens inside the train
+step (gpt2jax/train.py), so one optimizer update always sees the whole global batch.
+
+Which parameters decay, and (under muP) each parameter's learning-rate multiplier, come from the model's
+parameter declarations (gpt2jax/model.py `ParamSpec.decay` / `ParamSpec.lr_scale`)."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
+
+from gpt2jax.model import ModelConfig, param_specs
 
 
 def schedule(optim_cfg, num_steps: int) -> optax.Schedule:
@@ -21,15 +27,31 @@ def schedule(optim_cfg, num_steps: int) -> optax.Schedule:
     )
 
 
-def decay_mask(params):
-    """True where weight decay applies: the kernels and the two embedding tables (not biases or
-    LayerNorm parameters)."""
+def _per_param(model_cfg, fn):
+    return jax.tree.map(fn, param_specs(model_cfg), is_leaf=lambda x: hasattr(x, "lr_scale"))
 
-    def decays(path, _):
-        names = [getattr(k, "key", str(k)) for k in path]
-        return names[-1] == "kernel" or names[0] in ("wte", "wpe")
 
-    return jax.tree_util.tree_map_with_path(decays, params)
+def decay_mask(model_cfg) -> dict:
+    """True where weight decay applies (the kernels and the embedding tables; not biases or norm gains)."""
+    return _per_param(model_cfg, lambda s: s.decay)
+
+
+def lr_scales(model_cfg) -> dict:
+    """Each parameter's learning-rate multiplier: 1 under SP; under muP 1/width_mult for hidden matrices
+    (Adam's per-group rates of Tensor Programs V, table 3)."""
+    cfg = ModelConfig.of(model_cfg)
+    return _per_param(cfg, lambda s: s.lr_scale(cfg))
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiply each update by a fixed per-parameter factor (applied after AdamW, so it scales the
+    parameter's learning rate and, as with per-group rates in torch's AdamW, its decoupled decay)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -44,7 +66,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
             b2=o.b2,
             eps=o.eps,
             weight_decay=o.weight_decay,
-            mask=decay_mask,
+            mask=decay_mask(config.model),
         )
     )
+    if ModelConfig.of(config.model).mup:
+        parts.append(scale_by_tree(lr_scales(config.model)))
     return optax.chain(*parts)

@@ -7,22 +7,20 @@ The prompt is run once through the network to fill the key/value cache (prefill)
 costs one single-token step against the cache. The whole loop is one jit-compiled function.
 
 Past the context (prompt + max_new_tokens > block_size) generation slides: each further token comes
-from a full forward pass over the last block_size tokens, exactly as if that window were the prompt.
-(Positions are learned and absolute, so a cache cannot follow a moving window; these tokens cost a
-whole forward pass each.)
+from a full forward pass over the last block_size tokens, exactly as if that window were the prompt
+(its positions start at 0 again, so a cache cannot follow the moving window: each of these tokens
+costs a whole forward pass).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from gpt2jax.model import GPT2, NEG_INF, init_cache
+from gpt2jax.model import GPT2, NEG_INF, ModelConfig, init_cache
 
 
 def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
@@ -47,9 +45,8 @@ def _pick(logits_BV, k, temperature, top_k, top_p, greedy):
     return jax.random.categorical(k, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model_json", "max_new_tokens", "top_k", "top_p", "greedy"))
-def _generate(params, prompt_BT, key, temperature, *, top_p, model_json, max_new_tokens, top_k, greedy):
-    model_cfg = ml_collections.ConfigDict(json.loads(model_json))  # static (hashable) form
+@functools.partial(jax.jit, static_argnames=("model_cfg", "max_new_tokens", "top_k", "top_p", "greedy"))
+def _generate(params, prompt_BT, key, temperature, *, top_p, model_cfg, max_new_tokens, top_k, greedy):
     model = GPT2(model_cfg)
     B, T0 = prompt_BT.shape
     cache = init_cache(model_cfg, B, T0 + max_new_tokens)
@@ -69,10 +66,10 @@ def _generate(params, prompt_BT, key, temperature, *, top_p, model_json, max_new
     return jnp.concatenate([prompt_BT, toks.T], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("model_json", "n", "top_k", "top_p", "greedy"))
-def _slide(params, window_BT, key, temperature, *, top_p, model_json, n, top_k, greedy):
+@functools.partial(jax.jit, static_argnames=("model_cfg", "n", "top_k", "top_p", "greedy"))
+def _slide(params, window_BT, key, temperature, *, top_p, model_cfg, n, top_k, greedy):
     """n tokens past the context: each from a full forward pass over the last block_size tokens."""
-    model = GPT2(ml_collections.ConfigDict(json.loads(model_json)))
+    model = GPT2(model_cfg)
 
     def step(carry, _):
         window, key = carry
@@ -101,7 +98,7 @@ def generate(model_cfg, params, prompt_tokens, max_new_tokens: int, *, key=None,
     if T0 > ctx:
         raise ValueError(f"the prompt ({T0} tokens) is longer than the model's context of {ctx} tokens")
     key = jax.random.PRNGKey(0) if key is None else key
-    kw = dict(top_p=float(top_p), model_json=model_cfg.to_json(), top_k=int(top_k), greedy=temperature <= 0.0)
+    kw = dict(top_p=float(top_p), model_cfg=ModelConfig.of(model_cfg), top_k=int(top_k), greedy=temperature <= 0.0)
     temperature = jnp.float32(temperature)
     cached = min(int(max_new_tokens), ctx - T0)
     out = prompt

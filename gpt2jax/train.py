@@ -5,10 +5,18 @@
 The run writes into --workdir: run.json (resolved config, versions, devices, parameter counts,
 FLOPs per token), metrics.jsonl, TensorBoard events (tb/), checkpoints/ and optionally profile/.
 Starting again with the same workdir resumes from its latest checkpoint.
+
+The loop (`train`) runs one step at a time and then its hooks: `Hook(fn, every=N, at_end=...)` objects
+whose `fn(loop)` gets the `Loop` (config, trainer, params, optimizer state, step, data, checkpointer,
+writer). Logging, validation, zero-shot tasks, checkpoints and profiling are the default hooks
+(`default_hooks`); new periodic work is one more hook passed as `train(..., hooks=[...])`, not an edit
+of the loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -16,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +37,7 @@ from gpt2jax import config as config_lib
 from gpt2jax import metrics as metrics_lib
 from gpt2jax import sharding as shd
 from gpt2jax.data import loader
-from gpt2jax.model import GPT2, count_params, cross_entropy, init_params
+from gpt2jax.model import GPT2, abstract_params, count_params, cross_entropy, init_params
 from gpt2jax.optim import make_optimizer, schedule
 
 # Sections whose change would make a resumed run a different experiment.
@@ -57,7 +65,7 @@ class Trainer:
         self.batch_slice = shd.process_batch_slice(
             self.batch_sharding, (config.train.batch_size, self.seq_len + 1)
         )
-        shapes = jax.eval_shape(lambda k: init_params(config.model, k), jax.random.PRNGKey(0))
+        shapes = abstract_params(config.model)
         self.abstract_params = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.param_sharding
         )
@@ -215,7 +223,7 @@ def run_info(config, params) -> dict:
     }
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
+def write_json_atomic(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
@@ -275,11 +283,6 @@ class _closing_on_error:
         return False
 
 
-def _abstract_param_shapes(model_cfg):
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # abstract: eval_shape runs (and compiles) nothing
-    return jax.eval_shape(lambda k: init_params(model_cfg, k), key)
-
-
 def _precheck_checkpoints(ckpt, config) -> None:
     """Before anything compiles: the checkpoint a resume will start from (the latest whose meta
     reads) must be of this experiment and this model shape; so must train.init_from's on a fresh
@@ -291,7 +294,7 @@ def _precheck_checkpoints(ckpt, config) -> None:
         except Exception:
             continue  # unreadable: _restore_latest reports it and falls back
         _check_resume_config(saved, config)
-        ckpt_lib.check_shapes(meta, _abstract_param_shapes(config.model), where=f"{ckpt.directory}/{step}")
+        ckpt_lib.check_shapes(meta, abstract_params(config.model), where=f"{ckpt.directory}/{step}")
         return
     if not ckpt.all_steps() and config.train.init_from:
         ckpt_lib.check_compatible(config.train.init_from, config.model)
@@ -379,203 +382,265 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _run_eval_tasks(config, params, step, writer, bar) -> dict:
-    """Zero-shot tasks during training, logged as eval/<task>/<metric> rows."""
-    from gpt2jax.eval.tasks import evaluate_tasks, flatten
+@dataclasses.dataclass
+class Hook:
+    """Periodic work in the training loop: `fn(loop)` runs after every step divisible by `every` (0: not
+    periodically) and, with `at_end`, after the last step. Hooks run in order; the time they take is kept
+    out of tokens/s. Pass extra ones as `train(..., hooks=[Hook(fn, every=100)])`."""
 
-    ev = config.eval
-    results = evaluate_tasks(
-        config.model, params, ev.tasks, ev.tasks_dir, limit=ev.limit or None, batch_size=ev.batch_size
-    )
-    row = {"step": step, **flatten(results)}
-    writer.write(row)
-    if bar is not None:
-        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
-    return results
+    fn: Callable[["Loop"], Any]
+    every: int = 0
+    at_end: bool = False
+    name: str = ""
+
+    def due(self, step: int, last: int) -> bool:
+        return (self.every > 0 and step % self.every == 0) or (self.at_end and step == last)
 
 
-def train(config, workdir: str, *, progress: bool = True) -> dict:
-    """Train (or resume) a run in `workdir`. Returns a summary: final step, val loss, timing."""
-    config_lib.validate(config)
-    setup_compile_cache(config.train.compile_cache)
-    workdir = os.path.expanduser(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    T, B = config_lib.seq_len(config), config.train.batch_size
-    vocab = config.model.vocab_size
-    # Data errors surface before anything compiles.
-    train_ds = loader.TokenDataset(config.data.dir, "train", T, vocab)
-    val_ds = loader.TokenDataset(config.data.dir, "val", T, vocab)
+class Loop:
+    """The state of one training run (the config, the Trainer, params and optimizer state, the step,
+    data, checkpointer, writers) and the work hooks do on it."""
 
-    is_main = jax.process_index() == 0
-    multi_process = jax.process_count() > 1
-    ckpt = ckpt_lib.Checkpointer(
-        config.checkpoint.dir or workdir, keep=config.checkpoint.keep, keep_every=config.checkpoint.keep_every
-    )
-    # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
-    _precheck_checkpoints(ckpt, config)
-
-    trainer = Trainer(config)
-    skipped = 0
-    restored = _restore_latest(ckpt, trainer, config)
-    if restored is not None:
-        start, params, opt_state, meta = restored
-        skipped = int(meta.get("skipped_steps", 0))
-        print(f"resuming from step {start} in {ckpt.directory}", flush=True)
-    else:
-        start = 0
-        if config.train.init_from:
-            _, params = ckpt_lib.load_params(
-                config.train.init_from, shardings=trainer.param_sharding, model_config=config.model
-            )
-            opt_state = trainer.init_opt_state(params)
-            print(f"initialised parameters from {config.train.init_from}", flush=True)
+    def __init__(self, config, workdir: str, progress: bool):
+        config_lib.validate(config)
+        setup_compile_cache(config.train.compile_cache)
+        self.config, self.workdir = config, os.path.expanduser(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.T, self.B = config_lib.seq_len(config), config.train.batch_size
+        vocab = config.model.vocab_size
+        # Data errors surface before anything compiles.
+        self.train_ds = loader.TokenDataset(config.data.dir, "train", self.T, vocab)
+        self.val_ds = loader.TokenDataset(config.data.dir, "val", self.T, vocab)
+        self.is_main = jax.process_index() == 0
+        self.multi_process = jax.process_count() > 1
+        ck = config.checkpoint
+        self.ckpt = ckpt_lib.Checkpointer(ck.dir or self.workdir, keep=ck.keep, keep_every=ck.keep_every)
+        # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
+        _precheck_checkpoints(self.ckpt, config)
+        self.trainer = Trainer(config)
+        self.skipped = 0
+        restored = _restore_latest(self.ckpt, self.trainer, config)
+        if restored is not None:
+            self.start, self.params, self.opt_state, meta = restored
+            self.skipped = int(meta.get("skipped_steps", 0))
+            print(f"resuming from step {self.start} in {self.ckpt.directory}", flush=True)
         else:
-            params, opt_state = trainer.init_state(config.train.seed)
+            self.start = 0
+            if config.train.init_from:
+                _, self.params = ckpt_lib.load_params(
+                    config.train.init_from, shardings=self.trainer.param_sharding, model_config=config.model
+                )
+                self.opt_state = self.trainer.init_opt_state(self.params)
+                print(f"initialised parameters from {config.train.init_from}", flush=True)
+            else:
+                self.params, self.opt_state = self.trainer.init_state(config.train.seed)
+        self.info = run_info(config, self.params)
+        if self.is_main:
+            write_json_atomic(os.path.join(self.workdir, "run.json"), self.info)
+            # Rows of steps after the restored one (written before a crash) are redone: drop them.
+            _truncate_metrics(os.path.join(self.workdir, "metrics.jsonl"), self.start)
+        self.writer = metrics_lib.Writer(self.workdir, enabled=self.is_main)
+        self.peak = metrics_lib.peak_flops_per_device(config.train)
+        self.step, self.total = self.start, config.train.num_steps
+        self.bar = None
+        if progress and self.is_main:
+            from tqdm.auto import tqdm
 
-    info = run_info(config, params)
-    if is_main:
-        _atomic_write_json(os.path.join(workdir, "run.json"), info)
-        # Rows of steps after the restored one (written before a crash) are redone: drop them.
-        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
-    writer = metrics_lib.Writer(workdir, enabled=is_main)
-    peak = metrics_lib.peak_flops_per_device(config.train)
-    fpt = info["flops_per_token"]
+            self.bar = tqdm(total=self.total, initial=self.start, desc="train", unit="step", dynamic_ncols=True)
+        self.val_loss, self.out, self.profiling = None, None, False
+        self.losses: list = []  # device scalars since the last log row
+        self.pending: list = []  # (step, outputs) of updates not yet checked for finiteness
+        self.t0 = self.last_log_t = time.perf_counter()
+        self.last_log_step, self.hook_seconds = self.start, 0.0
 
-    def save(step):
-        check_finite()  # never commit a state reached through a non-finite update
-        meta = ckpt_lib.make_meta(
-            step,
-            config,
-            params,
-            # The batch of step s is a pure function of (data seed, s), and the dropout key is
-            # fold_in(PRNGKey(seed), s): the step and the seed are the whole loader and RNG state.
-            loader={"next_step": step, "seed": config.train.seed},
-            rng={"seed": config.train.seed, "next_step": step},
-            skipped_steps=skipped,
+    # -- the loop's own work ---------------------------------------------------------------------
+    def train_step(self) -> None:
+        rows = loader.train_batch(self.train_ds, self.step, self.B, self.config.train.seed, *self.trainer.batch_slice)
+        self.params, self.opt_state, self.out = self.trainer.train_step(
+            self.params, self.opt_state, self.trainer.global_batch(rows), jnp.asarray(self.step, jnp.int32)
         )
-        ckpt.save(step, params, opt_state, meta, force=True)
+        self.losses.append(self.out["loss"])
+        self.step += 1
+        self.pending.append((self.step, self.out))
+        if self.bar is not None:
+            self.bar.update(1)
 
-    pending: list = []  # (step, outputs) of updates not yet checked for finiteness
+    def run_hooks(self, hooks) -> None:
+        for h in hooks:
+            if h.due(self.step, self.total):
+                t = time.perf_counter()
+                h.fn(self)
+                if h.name != "log":
+                    self.hook_seconds += time.perf_counter() - t
 
-    def check_finite():
-        """Read the finiteness flags of the pending steps (one device sync, done only at log and
-        save points): count skipped updates, or stop naming the first bad step."""
-        nonlocal skipped
-        if not pending:
+    def print(self, msg: str) -> None:
+        (self.bar.write if self.bar is not None else functools.partial(print, flush=True))(msg)
+
+    def check_finite(self) -> None:
+        """Read the finiteness flags of the pending steps (one device sync, done only at log and save
+        points): count skipped updates, or stop naming the first bad step."""
+        if not self.pending:
             return
-        flags = jax.device_get([o["finite"] for _, o in pending])
-        bad = [(s, o) for (s, o), ok in zip(pending, flags) if not ok]
-        pending.clear()
+        flags = jax.device_get([o["finite"] for _, o in self.pending])
+        bad = [(s, o) for (s, o), ok in zip(self.pending, flags) if not ok]
+        self.pending.clear()
         if not bad:
             return
-        if config.train.nonfinite == "skip":
-            skipped += len(bad)
-            print(f"skipped non-finite update(s) at step(s) {[s for s, _ in bad]} ({skipped} in all)", flush=True)
+        if self.config.train.nonfinite == "skip":
+            self.skipped += len(bad)
+            print(f"skipped non-finite update(s) at step(s) {[s for s, _ in bad]} ({self.skipped} in all)", flush=True)
             return
         s, o = bad[0]
         loss, gnorm = float(o["loss"]), float(o["grad_norm"])
         what = "loss" if not np.isfinite(loss) else "gradient"
         raise NonFiniteError(
             f"non-finite {what} at step {s} (loss {loss}, grad_norm {gnorm}): stopped without saving; "
-            f"the latest checkpoint is step {ckpt.latest_step()}. Lower optim.lr, or set "
+            f"the latest checkpoint is step {self.ckpt.latest_step()}. Lower optim.lr, or set "
             "train.nonfinite='skip' to skip such updates",
             step=s,
         )
 
-    t_cfg = config.train
-    steps_total = t_cfg.num_steps
-    bar = None
-    if progress and is_main:
-        from tqdm.auto import tqdm
+    def save(self) -> None:
+        self.check_finite()  # never commit a state reached through a non-finite update
+        seed = self.config.train.seed
+        meta = ckpt_lib.make_meta(
+            self.step, self.config, self.params,
+            # The batch of step s is a pure function of (data seed, s), and the dropout key is
+            # fold_in(PRNGKey(seed), s): the step and the seed are the whole loader and RNG state.
+            loader={"next_step": self.step, "seed": seed},
+            rng={"seed": seed, "next_step": self.step},
+            skipped_steps=self.skipped,
+        )
+        self.ckpt.save(self.step, self.params, self.opt_state, meta, force=True)
 
-        bar = tqdm(total=steps_total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    val_loss = None
-    losses: list = []
-    last_log_t, last_log_step = time.perf_counter(), start
-    train_start_t = time.perf_counter()
-    profiling = False
-    step = start
+    def stop_after_reached(self) -> bool:
+        t = self.config.train
+        if t.stop_after and self.step >= t.stop_after:
+            print(f"stopping at step {self.step} (train.stop_after={t.stop_after})", flush=True)
+            return True
+        return False
+
+    def stop_requested(self, stop_flag) -> bool:
+        if stop_flag.requested or (self.multi_process and self.ckpt.reached_preemption(self.step)):
+            print(f"stop requested: saving step {self.step} and exiting", flush=True)
+            return True
+        return False
+
+    def finish(self) -> None:
+        if self.profiling:
+            jax.profiler.stop_trace()
+            self.profiling = False
+        self.check_finite()
+        if self.ckpt.latest_step() != self.step:
+            self.save()
+        self.ckpt.close()  # waits for the last asynchronous save (the caller holds the signal handlers)
+
+    def summary(self) -> dict:
+        return {
+            "step": self.step,
+            "val_loss": self.val_loss,
+            "train_seconds": time.perf_counter() - self.t0,
+            "stopped_early": self.step < self.total,
+            "resumed_from": self.start,
+            "skipped_steps": self.skipped,
+        }
+
+
+# -- the default hooks ---------------------------------------------------------------------------
+def log_metrics(loop: Loop) -> None:
+    """One metrics row: mean loss since the last row, lr, grad norm, tokens, tokens/s (hook time left
+    out), MFU, skipped updates."""
+    loop.check_finite()
+    vals = np.asarray(jax.device_get(loop.losses))
+    vals = vals[np.isfinite(vals)]  # skipped updates' losses are left out
+    loss = float(np.mean(vals)) if vals.size else None
+    loop.losses = []
+    now = time.perf_counter()
+    seconds = max(now - loop.last_log_t - loop.hook_seconds, 1e-9)
+    tps = (loop.step - loop.last_log_step) * loop.B * loop.T / seconds
+    loop.last_log_t, loop.last_log_step, loop.hook_seconds = now, loop.step, 0.0
+    mfu = loop.info["flops_per_token"] * tps / (loop.peak * jax.device_count()) if loop.peak else None
+    row = {
+        "step": loop.step, "loss": loss, "lr": float(loop.trainer.lr_schedule(loop.step - 1)),
+        "grad_norm": float(loop.out["grad_norm"]), "tokens": loop.step * loop.B * loop.T,
+        "tokens_per_sec": tps, "mfu": mfu, "skipped_steps": loop.skipped,
+    }
+    loop.writer.write(row)
+    if loop.bar is not None and loss is not None:
+        loop.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+
+
+def evaluate_val(loop: Loop) -> None:
+    loop.check_finite()
+    loop.val_loss = loop.trainer.evaluate(loop.params, loop.val_ds, loop.config.train.eval_batches)
+    loop.writer.write({"step": loop.step, "val_loss": loop.val_loss})
+    loop.print(f"step {loop.step}: val_loss {loop.val_loss:.4f}")
+
+
+def evaluate_tasks(loop: Loop) -> dict:
+    """Zero-shot tasks during training, logged as eval/<task>/<metric> rows."""
+    from gpt2jax.eval.tasks import evaluate_tasks as run_tasks, flatten
+
+    ev = loop.config.eval
+    results = run_tasks(
+        loop.config.model, loop.params, ev.tasks, ev.tasks_dir, limit=ev.limit or None, batch_size=ev.batch_size
+    )
+    row = {"step": loop.step, **flatten(results)}
+    loop.writer.write(row)
+    loop.print(f"step {loop.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+    return results
+
+
+def save_checkpoint(loop: Loop) -> None:
+    if loop.step < loop.total:  # the last step is saved by Loop.finish
+        loop.save()
+
+
+def profile(loop: Loop) -> None:
+    """A profiler trace of train.profile_steps steps from train.profile_start, in WORKDIR/profile."""
+    t = loop.config.train
+    if loop.step == t.profile_start and not loop.profiling:
+        jax.profiler.start_trace(os.path.join(loop.workdir, "profile"))
+        loop.profiling = True
+    elif loop.profiling and loop.step >= t.profile_start + t.profile_steps:
+        jax.block_until_ready(loop.params)
+        jax.profiler.stop_trace()
+        loop.profiling = False
+
+
+def default_hooks(config) -> list[Hook]:
+    t, ev, ck = config.train, config.eval, config.checkpoint
+    hooks = [Hook(log_metrics, every=t.log_every, at_end=True, name="log"),
+             Hook(evaluate_val, every=t.eval_every, at_end=True, name="eval")]
+    if ev.tasks:
+        hooks.append(Hook(evaluate_tasks, every=ev.every, at_end=True, name="tasks"))
+    hooks.append(Hook(save_checkpoint, every=ck.every, name="checkpoint"))
+    if t.profile_start >= 0:
+        hooks.append(Hook(profile, every=1, name="profile"))
+    return hooks
+
+
+def train(config, workdir: str, *, progress: bool = True, hooks=()) -> dict:
+    """Train (or resume) a run in `workdir`: the default hooks (log, eval, zero-shot tasks, checkpoint,
+    profile) and then `hooks` after each step. Returns a summary: final step, val loss, timing."""
+    loop = Loop(config, workdir, progress)
+    all_hooks = default_hooks(config) + list(hooks)
+    if config.train.profile_start == loop.step:
+        profile(loop)
     # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
     # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
-    stop_signals = () if multi_process else (signal.SIGTERM, signal.SIGINT)
-    with _StopFlag(stop_signals) as stop, _closing_on_error(ckpt, writer, bar):
-        while step < steps_total:
-            if t_cfg.stop_after and step >= t_cfg.stop_after:
-                print(f"stopping at step {step} (train.stop_after={t_cfg.stop_after})", flush=True)
+    signals = () if loop.multi_process else (signal.SIGTERM, signal.SIGINT)
+    with _StopFlag(signals) as stop, _closing_on_error(loop.ckpt, loop.writer, loop.bar):
+        while loop.step < loop.total and not loop.stop_after_reached():
+            loop.train_step()
+            loop.run_hooks(all_hooks)
+            if loop.stop_requested(stop):
                 break
-            if step == t_cfg.profile_start and not profiling:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
-                profiling = True
-            rows = loader.train_batch(train_ds, step, B, t_cfg.seed, *trainer.batch_slice)
-            params, opt_state, out = trainer.train_step(
-                params, opt_state, trainer.global_batch(rows), jnp.asarray(step, jnp.int32)
-            )
-            losses.append(out["loss"])
-            step += 1
-            pending.append((step, out))
-            if profiling and step >= t_cfg.profile_start + t_cfg.profile_steps:
-                jax.block_until_ready(params)
-                jax.profiler.stop_trace()
-                profiling = False
-            if bar is not None:
-                bar.update(1)
-            if step % t_cfg.log_every == 0 or step == steps_total:
-                check_finite()
-                vals = np.asarray(jax.device_get(losses))
-                vals = vals[np.isfinite(vals)]  # skipped updates' losses are left out
-                loss = float(np.mean(vals)) if vals.size else None
-                losses = []
-                now = time.perf_counter()
-                tps = (step - last_log_step) * B * T / max(now - last_log_t, 1e-9)
-                last_log_t, last_log_step = now, step
-                mfu = fpt * tps / (peak * jax.device_count()) if peak else None
-                row = {
-                    "step": step,
-                    "loss": loss,
-                    "lr": float(trainer.lr_schedule(step - 1)),
-                    "grad_norm": float(out["grad_norm"]),
-                    "tokens": step * B * T,
-                    "tokens_per_sec": tps,
-                    "mfu": mfu,
-                    "skipped_steps": skipped,
-                }
-                writer.write(row)
-                if bar is not None and loss is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-            if (t_cfg.eval_every and step % t_cfg.eval_every == 0) or step == steps_total:
-                check_finite()
-                val_loss = trainer.evaluate(params, val_ds, t_cfg.eval_batches)
-                writer.write({"step": step, "val_loss": val_loss})
-                if bar is not None:
-                    bar.write(f"step {step}: val_loss {val_loss:.4f}")
-                last_log_t = time.perf_counter()  # keep eval time out of tokens/s
-            ev = config.eval
-            if ev.tasks and ((ev.every and step % ev.every == 0) or step == steps_total):
-                _run_eval_tasks(config, params, step, writer, bar)
-                last_log_t = time.perf_counter()
-            if config.checkpoint.every and step % config.checkpoint.every == 0 and step < steps_total:
-                save(step)
-            if stop.requested or (multi_process and ckpt.reached_preemption(step)):
-                print(f"stop requested: saving step {step} and exiting", flush=True)
-                break
-        if profiling:
-            jax.profiler.stop_trace()
-        check_finite()
-        if ckpt.latest_step() != step:
-            save(step)
-        ckpt.close()  # waits for the last asynchronous save, still under the signal handlers
-    writer.close()
-    if bar is not None:
-        bar.close()
-    summary = {
-        "step": step,
-        "val_loss": val_loss,
-        "train_seconds": time.perf_counter() - train_start_t,
-        "stopped_early": step < steps_total,
-        "resumed_from": start,
-        "skipped_steps": skipped,
-    }
-    return summary
+        loop.finish()
+    loop.writer.close()
+    if loop.bar is not None:
+        loop.bar.close()
+    return loop.summary()
 
 
 # ---------------------------------------------------------------------------------------------

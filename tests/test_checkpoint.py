@@ -16,6 +16,7 @@ from gpt2jax import sharding as shd
 from gpt2jax import train as train_lib
 from gpt2jax.data import loader
 from gpt2jax.data.sources import DataError
+from gpt2jax.model import abstract_params
 from gpt2jax.train import Trainer, train
 
 from test_train import tiny_config
@@ -254,7 +255,7 @@ def other_shape_run(tmp_path_factory, shakespeare_dir, cache_dir):
     wd = tmp_path_factory.mktemp("other_shape")
     c = tiny_config(shakespeare_dir, cache_dir)
     c.model.n_embd = 32
-    shapes = train_lib._abstract_param_shapes(c.model)
+    shapes = abstract_params(c.model)
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     ckpt_lib.save_params(wd, c, params)
     return wd

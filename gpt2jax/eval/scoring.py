@@ -28,9 +28,7 @@ batches are placed with it and the parameters are used where they already live.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import logging
 import time
 from typing import Any, Iterable, Sequence
@@ -39,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-EOT = 50256  # GPT-2's <|endoftext|>, lm-eval's prefix token for GPT-2
+from gpt2jax.tokenizer import EOT  # GPT-2's <|endoftext|>, lm-eval's prefix token for GPT-2
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +45,18 @@ log = logging.getLogger(__name__)
 _TRACES: dict[str, int] = {}
 
 
-def _config_key(model_cfg) -> str:
-    if hasattr(model_cfg, "to_dict"):
-        d = model_cfg.to_dict()
-    elif isinstance(model_cfg, dict):
-        d = dict(model_cfg)
-    else:
-        d = dict(vars(model_cfg))
-    return json.dumps(d, sort_keys=True, default=str)
+def _config_key(model_cfg):
+    """The model config as a frozen, hashable value (later edits to the caller's config can't leak in)."""
+    from gpt2jax.model import ModelConfig
+
+    return ModelConfig.of(model_cfg)
 
 
 def _make_score_fn(key: str, model_cfg):
     """jit(params, tokens[B,T], targets[B,T], mask[B,T]) -> (ll[B] f32, greedy[B] bool)."""
     from gpt2jax.model import GPT2
 
-    model = GPT2(copy.deepcopy(model_cfg))  # a private copy: later edits to the caller's config can't leak in
+    model = GPT2(key)
 
     def score(params, tokens_BT, targets_BT, mask_BT):
         _TRACES[key] = _TRACES.get(key, 0) + 1  # runs only while tracing

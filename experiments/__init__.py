@@ -1,0 +1,1 @@
+"""Scaling experiments: sweeps, analysis, plots (python -m experiments.<tool>)."""
