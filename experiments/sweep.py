@@ -511,12 +511,9 @@ def _json_value(v):
 
 
 def atomic_write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_value)
-        f.write("\n")
-    os.replace(tmp, path)
+    from gpt2jax.fileio import write_json_atomic
+
+    write_json_atomic(path, obj, default=_json_value)
 
 
 def write_records(planned: list, root: str, spec_path: str) -> None:

@@ -19,7 +19,8 @@ field, file, path or step. The traceback is shown only with --debug or GPT2JAX_D
 (a bug) raises as usual.
 
 `call(main, define_flags, argv)` does the same on a private FlagValues and returns the exit status:
-tests run a tool in-process with it.
+tests run a tool in-process with it. A tool with error classes of its own (e.g. an experiment
+runner's) passes them as `run(main, define_flags, user_errors=(SweepError,))`.
 """
 
 from __future__ import annotations
@@ -72,16 +73,12 @@ def _one_line(text: str) -> str:
 
 def describe(e: BaseException) -> str:
     """The `error: ...` text for a user error."""
-    if isinstance(e, OSError) and not type(e).__module__.startswith("gpt2jax"):
-        where = e.filename if e.filename is not None else None
+    if isinstance(e, OSError) and not type(e).__module__.startswith("gpt2jax"):  # from the system
         if e.errno == errno.ENOSPC:
-            return "disk full (no space left on device)" + (f" writing {where}" if where else "")
-        if e.strerror and where:
-            return f"{e.strerror}: {where}"
-    msg = _one_line(str(e)) or type(e).__name__
-    if isinstance(e, KeyError) and msg.startswith("'") and msg.endswith("'"):
-        msg = msg[1:-1]
-    return msg
+            return "disk full (no space left on device)" + (f" writing {e.filename}" if e.filename else "")
+        if e.strerror and e.filename:
+            return f"{e.strerror}: {e.filename}"
+    return _one_line(str(e)) or type(e).__name__
 
 
 def _debug(fv) -> bool:
@@ -188,15 +185,15 @@ def _report(e: BaseException, fv) -> int:
     return 2 if isinstance(e, (flags.Error, app.UsageError, FlagsError)) else 1
 
 
-def _run_main(main, argv, fv) -> int:
+def _run_main(main, argv, fv, user_errors=()) -> int:
     try:
         out = main(argv, fv)
         return int(out or 0)
-    except (KeyboardInterrupt, *user_error_types()) as e:
+    except (KeyboardInterrupt, *user_error_types(), *user_errors) as e:
         return _report(e, fv)
 
 
-def call(main, define_flags, argv) -> int:
+def call(main, define_flags, argv, *, user_errors=()) -> int:
     """Run a tool in-process on fresh flags; returns its exit status (as `run` would exit with)."""
     argv = list(argv)
     fv = flags.FlagValues()
@@ -210,10 +207,10 @@ def call(main, define_flags, argv) -> int:
         return _report(e, fv)
     finally:
         sys.argv = saved
-    return _run_main(main, rest, fv)
+    return _run_main(main, rest, fv, tuple(user_errors))
 
 
-def run(main, define_flags) -> None:
+def run(main, define_flags, *, user_errors=()) -> None:
     """The `if __name__ == "__main__":` entry point of a tool: parse, run, exit."""
     fv = flags.FLAGS
     define_flags(fv)
@@ -225,4 +222,4 @@ def run(main, define_flags) -> None:
         except FlagsError as e:
             sys.exit(_report(e, fv))
 
-    app.run(lambda argv: _run_main(main, argv, fv), flags_parser=parser)
+    app.run(lambda argv: _run_main(main, argv, fv, tuple(user_errors)), flags_parser=parser)

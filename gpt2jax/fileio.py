@@ -13,15 +13,15 @@ import os
 import tempfile
 
 
-def write_json_atomic(path, obj, *, indent: int = 2) -> None:
-    """Write `obj` as JSON (plus a final newline) to `path`, atomically."""
+def write_json_atomic(path, obj, *, indent: int = 2, default=None) -> None:
+    """Write `obj` as JSON (plus a final newline) to `path`, atomically (`default`: as json.dump's)."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=indent)
+            json.dump(obj, f, indent=indent, default=default)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -3,8 +3,9 @@
     python -m gpt2jax.train --config=configs/shakespeare.py --workdir=runs/shk [--config.train.num_steps=...]
 
 The run writes into --workdir: run.json (resolved config, versions, devices, parameter counts,
-FLOPs per token), metrics.jsonl, TensorBoard events (tb/), checkpoints/ and optionally profile/.
-Starting again with the same workdir resumes from its latest checkpoint.
+FLOPs per token, the data's token counts and sha256), metrics.jsonl, TensorBoard events (tb/),
+checkpoints/ and optionally profile/; writer.lock while it runs (gpt2jax/lock.py: one writer per
+workdir). Starting again with the same workdir resumes from its latest checkpoint.
 
 The loop (`train`) runs one step at a time and then its hooks: `Hook(fn, every=N, at_end=...)` objects
 whose `fn(loop)` gets the `Loop` (config, trainer, params, optimizer state, step, data, checkpointer,

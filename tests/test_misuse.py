@@ -474,3 +474,33 @@ def test_ctrl_c_during_evaluation_stops_within_a_batch_and_saves(capsys, tmp_pat
     assert len(calls) <= 4 and "evaluation interrupted" in out and "stop requested: saving step 2" in out
     assert ckpt_lib.Checkpointer(wd, read_only=True).all_steps() == [2]
     assert not any(k.startswith("eval/") for r in _rows(wd) for k in r)
+
+
+def test_ctrl_c_in_evaluate_keeps_the_finished_tasks(capsys, tmp_path, converted_run, monkeypatch):
+    from gpt2jax.eval import tasks as T
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "lambada_test.jsonl").write_text(json.dumps({"text": "the cat sat"}) + "\n")
+    (tasks / "hellaswag_val.jsonl").write_text("{}\n")
+
+    def run_task(scorer, name, tasks_dir, limit=None):
+        if name == "hellaswag":
+            raise KeyboardInterrupt  # Ctrl-C while the second task is scored
+        return {"acc": 0.5, "n": 1}
+
+    monkeypatch.setattr(T, "run_task", run_task)
+    out = tmp_path / "r.json"
+    refused(run(capsys, evaluate, f"--workdir={converted_run}", "--tasks=lambada,hellaswag", f"--tasks_dir={tasks}",
+                f"--out={out}", "--noprogress"), "interrupted", rc=130)
+    assert json.loads(out.read_text()) == {"lambada": {"acc": 0.5, "n": 1}}
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    with train_lib._StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested  # the first: finish the step, save, exit
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
