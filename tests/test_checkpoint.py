@@ -19,7 +19,7 @@ from gpt2jax.data.sources import DataError
 from gpt2jax.model import abstract_params
 from gpt2jax.train import Trainer, train
 
-from test_train import tiny_config
+from conftest import tiny_config
 
 # Every XLA compilation in this process, by function name (the bad-input tests expect none).
 COMPILED: list = []

@@ -15,22 +15,9 @@ from gpt2jax.data import loader
 from gpt2jax.optim import decay_mask
 from gpt2jax.train import Trainer, train
 
+from conftest import tiny_config
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(data_dir, cache_dir, **train):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.data.dir = str(data_dir)
-    c.train.compile_cache = str(cache_dir)
-    for k, v in train.items():
-        section, key = k.split("__") if "__" in k else ("train", k)
-        c[section][key] = v
-    return c
 
 
 @pytest.fixture(scope="module")

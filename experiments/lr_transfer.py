@@ -1,0 +1,128 @@
+"""Learning-rate transfer: the final val loss against the learning rate, per width and parametrization, from
+the runs of a sweep such as experiments/specs/mup_transfer.py.
+
+    python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
+
+Reads each run's sweep_run.json (tags `width`, `parametrization`; override `optim.lr`) and metrics.jsonl (last
+val_loss). Runs at muP's base width belong to both parametrizations (there muP is SP). Writes lr_transfer.csv
+and lr_transfer.png and prints each curve's best learning rate and how many grid steps the wide model's
+optimum moved from the narrow one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+
+
+def collect(root: str) -> list[dict]:
+    rows = []
+    for name in sorted(os.listdir(root)):
+        rec, met = os.path.join(root, name, "sweep_run.json"), os.path.join(root, name, "metrics.jsonl")
+        if not (os.path.exists(rec) and os.path.exists(met)):
+            continue
+        with open(rec) as f:
+            r = json.load(f)
+        with open(met) as f:
+            vals = [json.loads(x) for x in f if x.strip()]
+        losses = [v["val_loss"] for v in vals if "val_loss" in v]
+        if not losses:
+            continue
+        tags = r.get("tags", {})
+        rows.append({"name": name, "width": int(tags["width"]), "parametrization": tags["parametrization"],
+                     "lr": float(r["overrides"]["optim.lr"]), "loss": float(losses[-1])})
+    return rows
+
+
+def curves(rows: list[dict]) -> dict:
+    """(parametrization, width) -> sorted [(lr, loss)]; base-width runs appear under every parametrization."""
+    widths = sorted({r["width"] for r in rows})
+    params = sorted({r["parametrization"] for r in rows} | {"sp", "mup"})
+    out = {}
+    for p in params:
+        for w in widths:
+            pts = sorted((r["lr"], r["loss"]) for r in rows if r["width"] == w and
+                         (r["parametrization"] == p or w == widths[0]))
+            if pts:
+                out[(p, w)] = pts
+    return out
+
+
+def best(pts) -> tuple[float, float]:
+    finite = [(lr, v) for lr, v in pts if math.isfinite(v)]
+    return min(finite, key=lambda t: t[1])
+
+
+def plot(cs: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = [p for p in ("sp", "mup") if any(k[0] == p for k in cs)]
+    fig, axes = plt.subplots(1, len(params), figsize=(5.6 * len(params), 4.2), sharey=True, squeeze=False)
+    for ax, p in zip(axes[0], params):
+        for (pp, w), pts in sorted(cs.items()):
+            if pp != p:
+                continue
+            lr, loss = zip(*pts)
+            line, = ax.plot(lr, loss, marker="o", label=f"width {w}")
+            b = best(pts)
+            ax.plot([b[0]], [b[1]], marker="*", markersize=14, color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate (Adam; muP: the base width's)")
+        ax.set_title(p.upper() + (" (base width = narrowest)" if p == "mup" else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel("final val loss (nats/token)")
+    lo = min(v for pts in cs.values() for _, v in pts if math.isfinite(v))
+    axes[0][0].set_ylim(lo - 0.1, lo + 1.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    from absl import flags
+
+    F = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    if not os.path.isdir(F.root):
+        raise SystemExit(f"error: --root={F.root} is not a directory")
+    rows = collect(F.root)
+    if not rows:
+        raise SystemExit(f"error: no finished runs (sweep_run.json + a val_loss) under {F.root}")
+    os.makedirs(F.out, exist_ok=True)
+    with open(os.path.join(F.out, "lr_transfer.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["name", "parametrization", "width", "lr", "loss"])
+        w.writeheader()
+        w.writerows(rows)
+    cs = curves(rows)
+    plot(cs, os.path.join(F.out, "lr_transfer.png"))
+    widths = sorted({w for _, w in cs})
+    for p in ("sp", "mup"):
+        if (p, widths[0]) not in cs or (p, widths[-1]) not in cs:
+            continue
+        b0, b1 = best(cs[(p, widths[0])]), best(cs[(p, widths[-1])])
+        shift = round(math.log2(b1[0] / b0[0]))
+        print(f"{p}: best lr at width {widths[0]} = {b0[0]:g} (loss {b0[1]:.4f}); at width {widths[-1]} = "
+              f"{b1[0]:g} (loss {b1[1]:.4f}): {shift:+d} grid step(s)")
+    print(f"wrote {F.out}/lr_transfer.csv and lr_transfer.png")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("root", None, "Sweep root (python -m experiments.sweep ... --root).", required=True)
+    flags.DEFINE_string("out", "experiments/results/mup", "Output directory.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    sys.exit(app.run(main))

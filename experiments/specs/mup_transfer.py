@@ -1,0 +1,47 @@
+"""Learning-rate transfer under muP vs SP on a 2-core CPU: the same learning-rate grid at width 32 and at width
+256 (8x), 2 layers, 4 heads (so the head size grows with the width), on the quickstart corpus.
+
+    python -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
+    python -m experiments.sweep experiments/specs/mup_transfer.py --root=runs/mup_transfer
+    python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
+
+muP's base width is 32, so at width 32 muP and SP are the same model (one set of runs serves both); at width
+256 muP divides the hidden matrices' init std by sqrt(8) and their Adam learning rate by 8, multiplies the
+logits by 1/8 and scales attention by sqrt(K0)/K (gpt2jax/model.py ParamSpec). The grid is 2^-11 .. 2^-5
+(7 points, one factor of 2 apart). Every run: 200 steps of 8 x 64 tokens (102,400 tokens), 20 warmup steps,
+cosine to lr/10, weight decay 0.1, the whole val split evaluated at the end.
+"""
+
+from experiments.sweep import Sweep, grid
+
+LRS = [2.0**-k for k in range(11, 4, -1)]
+COMMON = {
+    "model.n_layer": 2,
+    "model.n_head": 4,
+    "model.block_size": 64,
+    "model.scan_layers": False,
+    "model.mup_base_width": 32,
+    "train.batch_size": 8,
+    "train.num_steps": 200,
+    "train.log_every": 20,
+    "train.eval_every": 0,
+    "train.eval_batches": 0,
+    "optim.warmup_steps": 20,
+    "checkpoint.every": 0,
+    "checkpoint.keep": 1,
+    "data.dir": "data/shakespeare",
+}
+
+
+def _lr_runs(prefix, width, parametrization):
+    runs = grid(prefix, "configs/shakespeare.py", {"optim.lr": LRS},
+                overrides={**COMMON, "model.n_embd": width, "model.parametrization": parametrization},
+                tags={"width": width, "parametrization": parametrization})
+    for r in runs:  # cosine to lr / 10
+        r.overrides["optim.min_lr"] = r.overrides["optim.lr"] / 10
+    return runs
+
+
+def get_sweep():
+    runs = _lr_runs("base-w32", 32, "sp") + _lr_runs("sp-w256", 256, "sp") + _lr_runs("mup-w256", 256, "mup")
+    return Sweep(runs=runs, name="mup_transfer")
