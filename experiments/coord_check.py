@@ -3,7 +3,8 @@
     python -m experiments.coord_check --widths=64,128,256,512,1024 --data_dir=data/shakespeare \
         --out=experiments/results/coord_check
 
-For each parametrization (sp, mup) and width, trains a small GPT-2 (`--n_layer` layers, `--n_head` heads, so
+For each parametrization (sp, mup) and width, trains (gpt2jax.train.train, with the measurement as one more
+loop hook, `rms_hook`) a small GPT-2 (`--n_layer` layers, `--n_head` heads, so
 the head size grows with the width) for `--steps` Adam steps at one learning rate on real batches, and after
 each step records the RMS of the token embeddings' output, of every layer's output (`capture=True`) and of the
 logits. Under muP these stay about the same size as the width grows; under SP (GPT-2's fixed init scale and
@@ -18,7 +19,6 @@ import csv
 import os
 import sys
 
-import numpy as np
 
 
 def _config(width: int, parametrization: str, base_width: int, n_layer: int, n_head: int, lr: float, data_dir):
@@ -31,46 +31,62 @@ def _config(width: int, parametrization: str, base_width: int, n_layer: int, n_h
     c.data.dir = str(data_dir)
     c.train.batch_size, c.train.num_steps, c.train.compile_cache = 8, 1000, ""
     c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.weight_decay = lr, lr, 0, 0.0
-    c.mesh.data = 1
-    c.mesh.fsdp, c.mesh.tensor = 1, 1
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
     return c
+
+
+def rms_hook(c, probe_BT, rows: list):
+    """A training-loop hook (gpt2jax.train.Hook) that appends the RMS of the embeddings' output, of every
+    layer's output and of the (centred) logits on the fixed batch `probe_BT` to `rows` after each step."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpt2jax.model import GPT2
+    from gpt2jax.train import Hook
+
+    model = GPT2(c.model)
+    V = c.model.vocab_size
+
+    @jax.jit
+    def activations(params):
+        logits, state = model.apply({"params": params}, probe_BT, capture=True, mutable=["intermediates"])
+        out = state["intermediates"]["h/out"][0]  # [L, B, T, D]
+        rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))  # noqa: E731
+        real = logits[..., :V]
+        return {"embedding": rms(params["wte"][probe_BT]), **{f"layer_{i}": rms(out[i]) for i in range(out.shape[0])},
+                "logits": rms(real - real.mean(-1, keepdims=True))}
+
+    def record(loop):
+        for q, v in jax.device_get(activations(loop.params)).items():
+            rows.append({"step": loop.step, "quantity": q, "rms": float(v)})
+
+    return Hook(record, every=1, name="coord_check"), record
 
 
 def measure(width: int, parametrization: str, *, base_width: int, steps: int, lr: float, data_dir,
             n_layer: int = 2, n_head: int = 4, seed: int = 0) -> list[dict]:
-    """[{'step', 'quantity', 'rms'}] after each of `steps` train steps (step 0 = at init)."""
+    """[{'step', 'quantity', 'rms'}] at init (step 0) and after each of `steps` train steps, recorded by a
+    hook of the ordinary training loop (gpt2jax.train.train) in a temporary workdir."""
+    import tempfile
+    import types
+
     import jax
     import jax.numpy as jnp
 
     from gpt2jax.data import loader
-    from gpt2jax.model import GPT2
-    from gpt2jax.sharding import make_mesh
-    from gpt2jax.train import Trainer
+    from gpt2jax.model import init_params
+    from gpt2jax.train import train
 
     c = _config(width, parametrization, base_width, n_layer, n_head, lr, data_dir)
-    tr = Trainer(c, mesh=make_mesh(c.mesh, devices=jax.devices()[:1]))
-    params, opt = tr.init_state(seed)
+    c.train.num_steps, c.train.log_every, c.train.eval_every, c.train.eval_batches = steps, steps, 0, 1
+    c.checkpoint.every, c.checkpoint.keep, c.train.seed = 0, 1, seed
     ds = loader.TokenDataset(c.data.dir, "train", c.model.block_size, c.model.vocab_size)
     probe = jnp.asarray(loader.train_batch(ds, 10_000, c.train.batch_size, seed + 1)[:, :-1])  # held fixed
-    model = GPT2(c.model)
-
-    @jax.jit
-    def activations(params):
-        logits, state = model.apply({"params": params}, probe, capture=True, mutable=["intermediates"])
-        out = state["intermediates"]["h/out"][0]  # [L, B, T, D]
-        wte = params["wte"][probe]
-        rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))  # noqa: E731
-        real = logits[..., : c.model.vocab_size]
-        return {"embedding": rms(wte), **{f"layer_{i}": rms(out[i]) for i in range(out.shape[0])},
-                "logits": rms(real - real.mean(-1, keepdims=True))}
-
-    rows = []
-    for step in range(steps + 1):
-        if step:
-            batch = tr.global_batch(loader.train_batch(ds, step - 1, c.train.batch_size, seed))
-            params, opt, _ = tr.train_step(params, opt, batch, jnp.asarray(step - 1, jnp.int32))
-        for q, v in jax.device_get(activations(params)).items():
-            rows.append({"step": step, "quantity": q, "rms": float(v)})
+    rows: list = []
+    hook, record = rms_hook(c, probe, rows)
+    record(types.SimpleNamespace(step=0, params=init_params(c.model, jax.random.PRNGKey(seed))))
+    with tempfile.TemporaryDirectory() as wd:
+        train(c, wd, progress=False, hooks=[hook])
     return rows
 
 

@@ -25,6 +25,11 @@ Launchers (every external command is printed before it runs; --dry_run prints th
          data and checkpoints in buckets; --action=status|tail|fetch|delete follow, copy back
          (run.json, metrics.jsonl, train.log into DIR/<name>/) and delete the slices.
   slurm  writes DIR/sweep.sbatch, one job array (array index -> run) and submits it with sbatch.
+
+--set=FIELD=VALUE (repeatable) overrides a config field of every run, after the spec's own (e.g.
+--set=data.dir=/data/shk). Exit status: 0 when every run is finished or stopped by
+train.stop_after, 1 when a run failed (its name and log are printed), 2 for a mistake in the spec,
+an override or a flag (one message naming it), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -369,7 +375,7 @@ def _coerce(value, current):
     if kind is tuple and isinstance(value, list):
         return tuple(value)
     if type(value) is not kind:
-        raise ValueError(f"expected a {kind.__name__}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"expected {kind.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -397,7 +403,10 @@ def build_config(run: Run, extra: dict | None = None):
     from gpt2jax import config as config_lib
 
     where = f"run {run.name!r}"
-    cfg = load_config(run.config)
+    try:
+        cfg = load_config(run.config)
+    except SweepError as e:
+        raise SweepError(f"{where}: {e}") from None
     apply_overrides(cfg, {**run.overrides, **(extra or {})}, where)
     try:
         config_lib.validate(cfg)
@@ -504,16 +513,10 @@ def parse_sets(items: Sequence[str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------------------------
-def _json_value(v):
-    if isinstance(v, tuple):
-        return [_json_value(x) for x in v]
-    return v
-
-
 def atomic_write_json(path: str, obj) -> None:
     from gpt2jax.fileio import write_json_atomic
 
-    write_json_atomic(path, obj, default=_json_value)
+    write_json_atomic(path, obj)
 
 
 def write_records(planned: list, root: str, spec_path: str) -> None:
@@ -612,7 +615,7 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
     if dry_run:
         for p, wd, done in todo:
             if done is None or done < p.num_steps:
-                cmd = [sys.executable] + train_args(p, wd, resolve_config_path(p.run.config))
+                cmd = [sys.executable] + train_args(p, wd, os.path.abspath(resolve_config_path(p.run.config)))
                 print(f"$ {shlex.join(cmd)}  (log: {wd}/train.log)", flush=True)
         return 0
 
@@ -635,12 +638,12 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
                 continue
             if stop["sig"] is not None:
                 break
-            cmd = [sys.executable] + train_args(p, wd, resolve_config_path(p.run.config))
+            cmd = [sys.executable] + train_args(p, wd, os.path.abspath(resolve_config_path(p.run.config)))
             log_path = os.path.join(wd, "train.log")
             runs_bar.set_postfix_str(p.name)
             runs_bar.write("$ " + shlex.join(cmd) + f"  (log: {log_path})")
             step_bar = tqdm(total=p.num_steps, initial=done or 0, desc=p.name, unit="step", position=1,
-                            leave=False, dynamic_ncols=True, disable=not progress)
+                            leave=False, dynamic_ncols=True, mininterval=1.0, disable=not progress)
             with open(log_path, "ab") as log:
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n".encode())
                 # Own session: a terminal's Ctrl-C reaches only this process, which passes it on once.
@@ -651,12 +654,11 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
                     proc.send_signal(signal.SIGINT)
 
                 def on_step(s, bar=step_bar):
-                    bar.n = s
-                    bar.refresh()
+                    bar.update(s - bar.n)  # tqdm's mininterval keeps redraws rare
 
-                def on_line(line, bar=runs_bar):
+                def on_line(line, bar=runs_bar, name=p.name):
                     if "val_loss" in line or "resuming" in line or "stop" in line:
-                        bar.write(f"  {p.name}: {line}")
+                        bar.write(f"  {name}: {line}")
 
                 _stream_child(proc, log, on_line, on_step)
                 rc = proc.wait()
@@ -803,7 +805,7 @@ def tpu_commands(planned: list, tpu: TPU, action: str, root: str) -> list:
 def _run_cmd(cmd: list, check: bool = True, capture: bool = False):
     print_cmd(cmd)
     try:
-        out = subprocess.run(cmd, text=True, capture_output=capture)
+        out = subprocess.run(cmd, text=True, capture_output=capture, check=False)
     except FileNotFoundError:
         raise SweepError(f"{cmd[0]}: command not found (install it, or use --dry_run)") from None
     if check and out.returncode != 0:
@@ -815,9 +817,11 @@ def _run_cmd(cmd: list, check: bool = True, capture: bool = False):
 def launch_tpu(planned: list, tpu: TPU, action: str, root: str, dry_run: bool,
                poll_seconds: float = 30.0, timeout_seconds: float = 6 * 3600) -> int:
     cmds = tpu_commands(planned, tpu, action, root)
-    if action == "launch" and not dry_run:
-        _check_placeholders(tpu, "tpu", ("project", "zone", "data_dir", "checkpoint_bucket")
-                            + (() if tpu.install else ("repo_url",)))
+    if not dry_run:
+        needed = ("project", "zone")
+        if action == "launch":
+            needed += ("data_dir", "checkpoint_bucket") + (() if tpu.install else ("repo_url",))
+        _check_placeholders(tpu, "tpu", needed)
     if action == "fetch" and not dry_run:
         for p in planned:
             os.makedirs(os.path.join(root, p.name), exist_ok=True)
@@ -974,9 +978,9 @@ if __name__ == "__main__":
 
     # Specs import experiments.sweep: use that module (not __main__) so Sweep/Run/SweepError are
     # the same classes the spec builds.
-    from experiments import sweep as _module
-
     from absl import flags as _flags
+
+    from experiments import sweep as _module  # noqa: PLW0406
 
     _module._define_flags()
     _flags.adopt_module_key_flags(_module)  # --help lists them

@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
             peak_tflops=0.0,  # per-device peak for MFU; 0 = look up the device kind
             nonfinite="stop",  # non-finite loss/grads: 'stop' (error naming the step) | 'skip' the update
             stop_after=0,  # stop (save and exit, as on SIGTERM) after this step; 0 = run to num_steps
+            # Weights & Biases (gpt2jax/wandb_log.py), on when project is set. mode: '' (wandb's
+            # default / $WANDB_MODE) | 'online' | 'offline' | 'disabled'; tags: comma-separated.
+            wandb=ml_collections.ConfigDict(dict(project="", entity="", name="", mode="", tags="")),
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -266,5 +269,11 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
                 raise ConfigError(f"config.{section}.{key}: unknown field")
             if section == "mesh" and key == "rules":
                 value = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value)
+            if isinstance(config[section][key], ml_collections.ConfigDict) and isinstance(value, dict):
+                for sub, v in value.items():  # a nested section (train.wandb): field by field
+                    if sub not in config[section][key]:
+                        raise ConfigError(f"config.{section}.{key}.{sub}: unknown field")
+                    config[section][key][sub] = v
+                continue
             config[section][key] = value
     return config

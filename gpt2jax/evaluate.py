@@ -4,10 +4,14 @@
         --out=results.json
     python -m gpt2jax.evaluate --hf=hf/gpt2 --tasks=all --tasks_dir=tasks --out=gpt2.json --dtype=float32
 
+    python -m gpt2jax.evaluate --workdir=runs/gpt2 --lm_eval_tasks=hellaswag,arc_easy --out=lm_eval.json
+
 Writes JSON {task: {metric: value, <metric>_stderr: ..., "n": examples}} (rewritten atomically after
 each task) and prints a markdown table of our numbers beside the GPT-2 paper's (all four sizes) and
 lm-evaluation-harness's published values for OpenAI's checkpoints (gpt2jax/eval/reference.py).
-Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py.
+Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py. With --lm_eval_tasks,
+lm-evaluation-harness tasks run through gpt2jax/eval/lm_eval_adapter.py and lm-eval's `results` go
+verbatim under "results" (docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def define_flags(fv) -> None:
     flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).", flag_values=fv)
     flags.DEFINE_string("dtype", "", "Override the compute dtype (float32 matches lm-eval's fp32 runs).", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
+    from gpt2jax.eval import lm_eval_adapter  # --lm_eval_* and --mesh (lm-eval is imported only when used)
+
+    lm_eval_adapter.define_flags(fv)
 
 
 def _fmt(v, metric: str = "") -> str:
@@ -94,33 +101,25 @@ def load_model(workdir=None, hf=None, step=None, dtype=""):
 
 def data_parallel(params, batch_size: int):
     """With several devices: replicate the params, shard batches over all devices (batch axis)."""
-    import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from gpt2jax.eval.placement import data_parallel as place_data_parallel
 
-    devices = jax.devices()
-    if len(devices) == 1:
-        return params, None, batch_size
-    mesh = Mesh(np.array(devices), ("data",))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    n = len(devices)
-    return params, NamedSharding(mesh, P("data")), -(-batch_size // n) * n
+    return place_data_parallel(params, batch_size)
 
 
 def main(argv, fv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     F = fv
+    from gpt2jax.eval import lm_eval_adapter, placement
     from gpt2jax.eval import tasks as T
     from gpt2jax.eval.scoring import Scorer
 
-    names = list(T.TASKS) if F.tasks == "all" else [t for t in F.tasks.split(",") if t]
-    if not names:
-        raise app.UsageError(f"--tasks names no task; known tasks: {', '.join(T.TASKS)} (or 'all')")
+    names = lm_eval_adapter.builtin_task_names(F)  # --tasks, default none with --lm_eval_tasks
     unknown = [n for n in names if n not in T.TASKS]
     if unknown:
         raise T.TaskError(f"--tasks: unknown task(s) {', '.join(map(repr, unknown))}; known tasks: "
                           f"{', '.join(T.TASKS)} (or 'all')")
+    lm_eval_tasks = lm_eval_adapter.cli_tasks(F)  # (task manager, tasks, names): data loaded up front
     missing = []
     for name in names:  # all missing files at once, before any model is loaded
         try:
@@ -131,7 +130,8 @@ def main(argv, fv):
         raise T.MissingTaskData("\n".join(missing))
 
     model_cfg, params = load_model(F.workdir, F.hf, F.step, F.dtype)
-    params, sharding, batch_size = data_parallel(params, F.batch_size)
+    run_config = placement.run_config(F.workdir, F.hf, F.step) if F.mesh == "run" else None
+    params, sharding, batch_size = placement.place(run_config, params, F.batch_size, F.mesh)
     scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=F.progress)
     results = {}
     for name in names:
@@ -144,8 +144,12 @@ def main(argv, fv):
             flush=True,
         )
         write_json_atomic(F.out, results)
-    print()
-    print(markdown_table(results))
+    if names:
+        print()
+        print(markdown_table(results))
+    if lm_eval_tasks[2]:
+        lm_eval_adapter.run_cli(F, lm_eval_tasks, model_cfg, params, sharding, batch_size, results,
+                                lambda r: write_json_atomic(F.out, r))
     print(f"\nwrote {F.out}")
 
 

@@ -3,7 +3,8 @@
     python -m gpt2jax.prepare --source=shakespeare --out_dir=data/shakespeare [--overwrite]
 
 Sources: shakespeare | text:GLOB | jsonl:GLOB[:FIELD] | parquet:GLOB[:COLUMN] |
-tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] (see gpt2jax/data/sources.py).
+tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] | hf:NAME[@REVISION]:SPLIT[:FIELD] [--hf_config=C] (see gpt2jax/data/sources.py).
+--max_docs / --max_tokens keep a sample (the first documents) of any source.
 
 Preparing again into a directory that holds the same source prepared with the same options does
 nothing; a different dataset there is refused unless --overwrite (which builds the new one beside it
@@ -27,6 +28,11 @@ def define_flags(fv) -> None:
                       "val_fraction of the tokens (nanoGPT's convention).", flag_values=fv)
     flags.DEFINE_integer("num_workers", 2, "Tokenizer threads.", flag_values=fv)
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default $TFDS_DATA_DIR).", flag_values=fv)
+    flags.DEFINE_string("hf_config", None, "Config (subset) of an hf: source, e.g. sample-10BT for FineWeb-Edu.",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_docs", 0, "Stop after this many non-empty documents (0 = all).", flag_values=fv)
+    flags.DEFINE_integer("max_tokens", 0, "Stop after the document that reaches this many tokens (0 = all).",
+                         flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace a different dataset already in --out_dir.", flag_values=fv)
     flags.mark_flag_as_required("out_dir", flag_values=fv)
 
@@ -37,7 +43,8 @@ def main(argv, fv):
 
     t0 = time.time()
     meta = prepare(fv.source, fv.out_dir, fv.val_fraction, fv.num_workers, tfds_data_dir=fv.tfds_data_dir,
-                   split=fv.split, overwrite=fv.overwrite)
+                   split=fv.split, hf_config=fv.hf_config, max_docs=fv.max_docs, max_tokens=fv.max_tokens,
+                   overwrite=fv.overwrite)
     if meta.get("unchanged"):
         print(f"{fv.out_dir} already holds {fv.source} prepared with these options: nothing to do")
     else:

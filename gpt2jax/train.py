@@ -11,7 +11,8 @@ The loop (`train`) runs one step at a time and then its hooks: `Hook(fn, every=N
 whose `fn(loop)` gets the `Loop` (config, trainer, params, optimizer state, step, data, checkpointer,
 writer). Logging, validation, zero-shot tasks, checkpoints and profiling are the default hooks
 (`default_hooks`); new periodic work is one more hook passed as `train(..., hooks=[...])`, not an edit
-of the loop.
+of the loop. With `train.wandb.project` set, every row the hooks write also goes to Weights & Biases
+(gpt2jax/wandb_log.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import config as config_lib
 from gpt2jax import metrics as metrics_lib
 from gpt2jax import sharding as shd
+from gpt2jax import wandb_log
 from gpt2jax.data import loader
 from gpt2jax.fileio import write_json_atomic
 from gpt2jax.lock import WorkdirLock
@@ -412,6 +414,7 @@ class Loop:
 
     def __init__(self, config, workdir: str, progress: bool):
         config_lib.validate(config)
+        wandb_log.check(config)  # train.wandb: a bad mode or a missing package, before anything compiles
         setup_compile_cache(config.train.compile_cache)
         self.config, self.workdir = config, os.path.expanduser(workdir)
         os.makedirs(self.workdir, exist_ok=True)
@@ -445,11 +448,16 @@ class Loop:
             else:
                 self.params, self.opt_state = self.trainer.init_state(config.train.seed)
         self.info = {**run_info(config, self.params), "data": self.data}
+        # W&B (train.wandb.project, process 0): reads a previous W&B run id from run.json, adds info['wandb']
+        wandb_writer = wandb_log.start(config, self.workdir, self.info, is_main=self.is_main)
         if self.is_main:
             write_json_atomic(os.path.join(self.workdir, "run.json"), self.info)
             # Rows of steps after the restored one (written before a crash) are redone: drop them.
             _truncate_metrics(os.path.join(self.workdir, "metrics.jsonl"), self.start)
         self.writer = metrics_lib.Writer(self.workdir, enabled=self.is_main)
+        if wandb_writer is not None:  # every metrics row also goes to W&B
+            wandb_writer.log_run_json(os.path.join(self.workdir, "run.json"))
+            self.writer = wandb_log.Tee(self.writer, wandb_writer)
         self.peak = metrics_lib.peak_flops_per_device(config.train)
         self.step, self.total = self.start, config.train.num_steps
         self.bar = None
@@ -605,13 +613,16 @@ def evaluate_val(loop: Loop) -> None:
 def evaluate_tasks(loop: Loop) -> dict | None:
     """Zero-shot tasks during training, logged as eval/<task>/<metric> rows (none when a stop request
     -- SIGTERM, Ctrl-C -- cut them short: the loop then saves and exits)."""
+    from gpt2jax.eval.placement import train_batch_sharding
     from gpt2jax.eval.scoring import Interrupted
     from gpt2jax.eval.tasks import evaluate_tasks as run_tasks, flatten
 
     ev = loop.config.eval
+    # batches split over the training mesh's batch axes, as evaluate does over its devices
+    sharding, batch_size = train_batch_sharding(loop.trainer, ev.batch_size)
     try:
         results = run_tasks(loop.config.model, loop.params, ev.tasks, ev.tasks_dir, limit=ev.limit or None,
-                            batch_size=ev.batch_size, should_stop=loop.should_stop)
+                            batch_size=batch_size, batch_sharding=sharding, should_stop=loop.should_stop)
     except Interrupted as e:
         loop.print(f"step {loop.step}: evaluation interrupted by the stop request ({e}); not logged")
         return None

@@ -25,6 +25,8 @@ from gpt2jax.eval import tasks as T
 from gpt2jax.eval.scoring import EOT, Scorer, default_buckets, rolling_windows
 from gpt2jax.model import GPT2, init_params
 
+from conftest import tiny_config as base_config
+
 V = 50257
 LOGV = math.log(V)
 L = 64  # block_size of the tiny model
@@ -33,10 +35,7 @@ ALPHA = 12.0
 
 
 def tiny_config():
-    config = config_lib.get_config()
-    m = config.model
-    m.n_layer, m.n_head, m.n_embd, m.block_size = 2, 4, 64, L
-    return config
+    return base_config(model__n_head=4, model__block_size=L)
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax.config import get_config, padded_vocab
+from gpt2jax.config import padded_vocab
 from gpt2jax.model import GPT2, NEG_INF, cross_entropy, init_cache, init_params, param_axes
+
+from conftest import tiny_config
 
 
 def tiny(**overrides):
-    c = get_config().model
-    c.n_layer, c.n_embd, c.n_head, c.block_size = 2, 64, 4, 32
-    for k, v in overrides.items():
-        c[k] = v
-    return c
+    """The tests' tiny model with 4 heads."""
+    return tiny_config(model__n_head=4, **{f"model__{k}": v for k, v in overrides.items()}).model
 
 
 @pytest.fixture(scope="module")

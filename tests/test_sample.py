@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from gpt2jax.checkpoint import save_params
-from gpt2jax.config import get_config
 from gpt2jax.model import GPT2, init_params
 from gpt2jax.sample import filter_logits, generate
+
+from conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def model():
-    c = get_config()
-    c.model.n_layer, c.model.n_embd, c.model.n_head, c.model.block_size = 2, 64, 4, 32
+    c = tiny_config(model__n_head=4)
     return c, init_params(c.model, jax.random.PRNGKey(0))
 
 

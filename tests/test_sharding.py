@@ -18,6 +18,8 @@ from gpt2jax import sharding as shd
 from gpt2jax.data import loader
 from gpt2jax.train import Trainer
 
+from conftest import tiny_config
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB, SEQ, BATCH, STEPS = 1000, 32, 8, 6
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
@@ -51,17 +53,11 @@ def write_data(d: pathlib.Path) -> str:
 
 def small_config(data_dir, mesh=(1, 1, 1), **model):
     """2 layers x 64 wide, 4 heads (so tensor=4 divides heads), vocabulary 1000 (padded to 1024)."""
-    c = config_lib.get_config()
-    c.model.n_layer, c.model.n_embd, c.model.n_head, c.model.block_size = 2, 64, 4, SEQ
-    c.model.vocab_size = VOCAB
-    for k, v in model.items():
-        c.model[k] = v
-    c.data.dir = str(data_dir)
-    c.train.num_steps, c.train.batch_size, c.train.seed = 100, BATCH, 0
-    c.train.log_every, c.train.eval_every, c.train.eval_batches = 1, 0, 1
-    c.train.compile_cache = ""
-    c.optim.lr, c.optim.min_lr, c.optim.warmup_steps = 1e-2, 1e-3, 0
-    c.checkpoint.every, c.checkpoint.keep = 0, 1
+    over = {"model__n_head": 4, "model__block_size": SEQ, "model__vocab_size": VOCAB}
+    over.update({f"model__{k}": v for k, v in model.items()})
+    c = tiny_config(data_dir, "", num_steps=100, batch_size=BATCH, seed=0, log_every=1, eval_every=0, eval_batches=1,
+                    optim__lr=1e-2, optim__min_lr=1e-3, optim__warmup_steps=0, checkpoint__every=0, checkpoint__keep=1,
+                    **over)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     return c
 

@@ -280,3 +280,13 @@ def test_capture_returns_layer_outputs_and_attention_without_changing_logits():
     np.testing.assert_allclose(
         jnp.where(jnp.arange(plain.shape[-1]) < m.vocab_size, h @ head_weight(params, m).T, -1e9), plain, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("variant", ["untied", "swiglu", "rope"])
+def test_planner_counts_each_variant(variant):
+    from gpt2jax.plan import plan
+
+    c = tiny_config(**{f"model__{k}": v for k, v in VARIANTS[variant].items()})
+    out = plan(c, compile=False)
+    assert out["params"] == num_params(c.model)
+    assert out["flops_analytic_per_step"] == metrics.flops_per_token(c.model, 32) * c.train.batch_size * 32

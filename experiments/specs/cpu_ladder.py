@@ -21,11 +21,14 @@ shape overrides, 60 steps of 8 x 64 tokens, rate of the last 20 steps; the CPU w
 jobs, load average 1.6 to 6.7 on 2 cores, so these are lower bounds): 1x32 2,550 tokens/s, 2x64 850
 tokens/s, 6x256 440 tokens/s; about 25-35 s per run of start-up, compilation, the final eval and the
 save. On an unshared CPU the quickstart's 4x256 trains at ~950 tokens/s (README), which puts 6x256 at
-~870 tokens/s. Modelling the time per token as 0.22 ms + 8.6 us per training MFLOP/token (through 4x256 at 950
-tokens/s and 1x32 at an assumed ~3,300 tokens/s unshared, a little above the 2,550 measured at load
-1.6), the 7 rungs cost 4.0 ms per token together (880 to 3,300 tokens/s):
+~870 tokens/s. Modelling the time per token as 0.22 ms + 8.6 us per training MFLOP/token (through
+4x256 at 950 tokens/s and 1x32 at an assumed ~3,300 tokens/s unshared, a little above the 2,550
+measured at load 1.6), the 7 rungs cost 4.0 ms per token together (880 to 3,300 tokens/s):
 327,680 tokens x 4.0 ms = 22 min, plus ~3 min of per-run overhead = ~25 min on an unshared CPU.
-On a CPU shared as it was during the measurement, expect up to about twice that.
+Measured: the whole sweep (`python -m experiments.sweep experiments/specs/cpu_ladder.py
+--root=runs/cpu_ladder`, 2026-12-01 08:08-08:43, the CPU shared with other jobs, load average 10-14)
+took 35 min: per rung 3:49, 2:55, 3:34, 4:06, 5:01, 6:29 and 9:06 (smallest to largest), at median
+2,210, 2,390, 1,880, 1,670, 1,330, 1,000 and 680 tokens/s.
 """
 
 from experiments.sweep import Sweep, ladder

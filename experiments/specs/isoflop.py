@@ -1,8 +1,9 @@
 """An IsoFLOP sweep around the GPT-2 family (Hoffmann et al. 2022, approach 2): for each compute
 budget C, nine shapes from 6 x 512 to 48 x 1600 (the four GPT-2 shapes among them), each trained on
-tokens = C / (6 N) with N all parameters (vocabulary padding excluded); runs shorter than 500 steps
-of 524,288 tokens, or outside 1 to 250 tokens per parameter (the compute-optimal ~20 lies well
-inside, so every budget's parabola has points on both sides of its minimum), are left out: 28 runs, 5 or 6 per budget, 255B tokens in all. Each run records its budget_flops = C, so
+tokens = C / (6 N) with N all parameters (vocabulary padding excluded). Runs shorter than 500 steps
+of 524,288 tokens, or outside 1 to 250 tokens per parameter, are left out (the compute-optimal ~20
+lies well inside, so every budget's parabola has points on both sides of its minimum): 28 runs, 5 or
+6 per budget, 255B tokens in all. Each run records its budget_flops = C, so
 `python -m experiments.analyze` fits a parabola in log N per budget and a power law through the
 minima.
 

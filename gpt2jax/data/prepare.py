@@ -82,6 +82,16 @@ def _chunks(docs: Iterable[str], chunk_chars: int, stats: dict) -> Iterator[list
         yield chunk
 
 
+def _first_documents(docs: Iterable[str], n: int) -> Iterator[str]:
+    """The documents up to and including the n-th non-empty one (empty ones pass, to be counted)."""
+    seen = 0
+    for doc in docs:
+        yield doc
+        seen += bool(doc)
+        if seen >= n:
+            return
+
+
 def _encode_chunk(docs: list[str]) -> list[np.ndarray]:
     tok = get_tokenizer()
     out = []
@@ -123,10 +133,14 @@ def _move_tail_to_val(files: dict, counts: dict, val_fraction: float) -> None:
     del head
 
 
-def options_of(source: str, val_fraction: float, split: str) -> dict:
-    """What decides a dataset's content (besides the source's own data and the tokenizer)."""
-    return {"source": source, "val_fraction": val_fraction, "split": split,
-            "tokenizer_hash": get_tokenizer().vocab_hash, "format_version": FORMAT_VERSION}
+def options_of(source: str, val_fraction: float, split: str, hf_config=None, max_docs: int = 0,
+               max_tokens: int = 0) -> dict:
+    """What decides a dataset's content (besides the source's own data); the sampling options only
+    when set."""
+    out = {"source": source, "val_fraction": val_fraction, "split": split,
+           "tokenizer_hash": get_tokenizer().vocab_hash, "format_version": FORMAT_VERSION}
+    out.update({k: v for k, v in (("hf_config", hf_config), ("max_docs", max_docs), ("max_tokens", max_tokens)) if v})
+    return out
 
 
 def existing_dataset(out_dir: str, options: dict) -> str | None:
@@ -158,15 +172,20 @@ def existing_dataset(out_dir: str, options: dict) -> str | None:
 def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             val_fraction: float = 0.05, num_workers: int = 2, *,
             tfds_data_dir: str | None = None, chunk_chars: int = 1 << 18,
-            progress: bool = True, split: str = "documents", overwrite: bool = False) -> dict:
+            progress: bool = True, split: str = "documents", hf_config: str | None = None,
+            max_docs: int = 0, max_tokens: int = 0, overwrite: bool = False) -> dict:
     """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json), with
-    ``"unchanged": True`` added when ``out_dir`` already held this dataset and nothing was done."""
+    ``"unchanged": True`` added when ``out_dir`` already held this dataset and nothing was done.
+    max_docs / max_tokens (0 = no limit): stop after that many non-empty documents, or after the
+    document that brings the total (EOTs included) to max_tokens -- a sample of the source's start."""
+    if max_docs < 0 or max_tokens < 0:
+        raise DataError(f"max_docs and max_tokens must be >= 0, got {max_docs}, {max_tokens}")
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if split not in ("documents", "tail"):
         raise DataError(f"split must be 'documents' or 'tail', got {split!r}")
     out_dir = str(out_dir)
-    options = options_of(source, val_fraction, split)
+    options = options_of(source, val_fraction, split, hf_config, max_docs, max_tokens)
     state = existing_dataset(out_dir, options)
     if state == "same":
         with open(os.path.join(out_dir, "meta.json")) as f:
@@ -204,6 +223,8 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
 def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress, split,
            options) -> dict:
     by_document = split == "documents"
+    hf_config = options.get("hf_config")
+    max_docs, max_tokens = options.get("max_docs", 0), options.get("max_tokens", 0)
     os.makedirs(out_dir, exist_ok=True)
     stats = {"skipped_empty_documents": 0}
     counts = {s: {"documents": 0, "tokens": 0, "max_token_id": -1} for s in SPLITS}
@@ -212,7 +233,9 @@ def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_char
         for name in ("train.bin", "val.bin", "meta.json"):
             tmp_paths[name] = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
         files = {s: open(tmp_paths[f"{s}.bin"], "wb", buffering=1 << 20) for s in SPLITS}
-        docs = iter_documents(source, tfds_data_dir=tfds_data_dir)
+        docs = iter_documents(source, tfds_data_dir=tfds_data_dir, hf_config=hf_config)
+        if max_docs:
+            docs = _first_documents(docs, max_docs)
         bar = tqdm(unit=" docs", desc=f"prepare {source}", disable=not progress, delay=0.5)
         for i, arr in enumerate(_tokenized(docs, num_workers, chunk_chars, stats)):
             name = "val" if by_document and is_val_document(i, val_fraction) else "train"
@@ -224,6 +247,8 @@ def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_char
             bar.set_postfix_str(f"{counts['train']['tokens'] + counts['val']['tokens']:,} tokens",
                                 refresh=False)
             bar.update()
+            if max_tokens and counts["train"]["tokens"] + counts["val"]["tokens"] >= max_tokens:
+                break
         bar.close()
 
         if counts["train"]["documents"] == 0:
@@ -252,6 +277,8 @@ def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_char
             "splits": counts,
             "options": options,
         }
+        meta.update({k: v for k, v in (("hf_config", hf_config), ("max_docs", max_docs),
+                                        ("max_tokens", max_tokens)) if v})
         write_json_atomic(tmp_paths["meta.json"], meta)
         # Commit: meta.json goes last, so its presence means a complete dataset.
         if os.path.exists(os.path.join(out_dir, "meta.json")):

@@ -18,6 +18,9 @@ Spec strings accepted by ``iter_documents``:
 * ``tfds:NAME[/CONFIG][:SPLIT[:FEATURE]]`` -- via ``tfds.data_source`` (array_record
   files, no TensorFlow needed); SPLIT defaults to ``train``, FEATURE to ``text``;
   data_dir from the ``tfds_data_dir`` argument or ``$TFDS_DATA_DIR``.
+* ``hf:NAME[@REVISION]:SPLIT[:FIELD]`` -- a Hugging Face dataset (hub id or local directory of data
+  files), streamed through ``datasets``; its config from the ``hf_config`` argument
+  (see gpt2jax/data/hf_source.py).
 
 Files matched by a glob are read in sorted path order. Errors are raised as
 ``DataError`` (a ValueError) or ``DataNotFoundError`` (also a FileNotFoundError).
@@ -54,8 +57,8 @@ class DataNotFoundError(DataError, FileNotFoundError):
 
 # ----------------------------------------------------------------- dispatch
 
-def iter_documents(source: str = DEFAULT_SOURCE, *, tfds_data_dir: str | None = None
-                   ) -> Iterator[str]:
+def iter_documents(source: str = DEFAULT_SOURCE, *, tfds_data_dir: str | None = None,
+                   hf_config: str | None = None) -> Iterator[str]:
     """Yield the documents of ``source`` (see module docstring) in order."""
     if source == "shakespeare":
         return iter_shakespeare()
@@ -63,7 +66,7 @@ def iter_documents(source: str = DEFAULT_SOURCE, *, tfds_data_dir: str | None = 
     if not sep or not rest:
         raise DataError(f"unknown data source {source!r}; expected shakespeare, "
                         "text:GLOB, jsonl:GLOB[:FIELD], parquet:GLOB[:COLUMN] or "
-                        "tfds:NAME[/CONFIG][:SPLIT[:FEATURE]]")
+                        "tfds:NAME[/CONFIG][:SPLIT[:FEATURE]] or hf:NAME[@REVISION]:SPLIT[:FIELD]")
     if kind == "text":
         return iter_text(rest)
     if kind in ("jsonl", "parquet"):
@@ -73,6 +76,10 @@ def iter_documents(source: str = DEFAULT_SOURCE, *, tfds_data_dir: str | None = 
         name, _, split = rest.partition(":")
         split, feature = _split_field(split or "train", "text")
         return iter_tfds(name, split, feature, data_dir=tfds_data_dir)
+    if kind == "hf":
+        from gpt2jax.data import hf_source
+
+        return hf_source.iter_hf(*hf_source.parse(rest), config=hf_config)
     raise DataError(f"unknown data source kind {kind!r} in {source!r}")
 
 
