@@ -72,7 +72,6 @@ def _set(c, **kw):
 
 def check_bf16_vs_fp32(base, steps: int) -> dict:
     """Train the same init on one fixed batch in fp32 and bf16 compute; compare losses per step."""
-    import jax
     import jax.numpy as jnp
 
     from gpt2jax import bench

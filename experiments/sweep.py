@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
-import json
 import math
 import os
 import re
@@ -514,12 +513,9 @@ def parse_sets(items: Sequence[str]) -> dict:
 # Records
 # ---------------------------------------------------------------------------------------------
 def atomic_write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from gpt2jax.fileio import write_json_atomic
+
+    write_json_atomic(path, obj)
 
 
 def write_records(planned: list, root: str, spec_path: str) -> None:

@@ -18,6 +18,8 @@ the params item, so it accepts both kinds.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from typing import Any
@@ -50,21 +52,55 @@ def _path(path) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(path)))
 
 
+def _has_steps(p: epath.Path) -> bool:
+    """Whether `p` holds committed step directories (named by their step; Orbax's unfinished ones
+    carry a suffix)."""
+    try:
+        return any(c.name.isdigit() and c.is_dir() for c in p.iterdir())
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return False
+
+
 def checkpoint_dir(path) -> epath.Path:
-    """Accept a run's workdir (holding checkpoints/) or the checkpoints directory itself."""
+    """The checkpoints directory of what the user gave: `path` itself if it holds committed step
+    directories, otherwise `path`/checkpoints, which must exist. Nothing else is tried (no parent
+    directories): a CheckpointError names `path`."""
     p = _path(path)
-    if (p / "checkpoints").exists():
+    if _has_steps(p):
+        return p
+    if (p / "checkpoints").is_dir():
         return p / "checkpoints"
-    return p
+    if not p.exists():
+        raise CheckpointError(f"{path} does not exist")
+    raise CheckpointError(
+        f"no checkpoints in {path}: it holds neither checkpoint step directories nor a checkpoints/ directory "
+        "(give a run's --workdir or its checkpoints directory)"
+    )
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether an error (or one it wraps) is ENOSPC, however the storage layer reported it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "ENOSPC" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class Checkpointer:
     """Saves and restores training state in WORKDIR/checkpoints."""
 
     def __init__(
-        self, workdir, *, keep: int = 3, keep_every: int = 0, async_save: bool = True, read_only: bool = False
+        self, workdir, *, keep: int = 3, keep_every: int = 0, async_save: bool = True, read_only: bool = False,
+        directory=None,
     ):
-        self.directory = _path(workdir) / "checkpoints"
+        # `directory`: a checkpoints directory of any name (what `checkpoint_dir` found) instead of
+        # WORKDIR/checkpoints.
+        self.directory = _path(directory) if directory is not None else _path(workdir) / "checkpoints"
         if read_only:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:
@@ -94,7 +130,32 @@ class Checkpointer:
         items = {PARAMS: ocp.args.StandardSave(params), META: ocp.args.JsonSave(meta)}
         if opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        with self._disk_full_named(step):
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def _intact_steps(self) -> list[int]:
+        try:
+            self.manager.reload()
+        except Exception:
+            pass
+        return [s for s in self.all_steps() if (self.directory / str(s)).exists()]
+
+    @contextlib.contextmanager
+    def _disk_full_named(self, step=None):
+        """Turn a full disk during a save (raised by the save itself, or later while waiting for an
+        asynchronous one) into one CheckpointError naming the last intact checkpoint."""
+        try:
+            yield
+        except Exception as e:
+            if not _disk_full(e):
+                raise
+            steps = self._intact_steps()
+            last = f"step {steps[-1]} ({self.directory / str(steps[-1])})" if steps else "none"
+            what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+            raise CheckpointError(
+                f"disk full (no space left on device) while saving {what} to {self.directory}; "
+                f"the last intact checkpoint is {last}. Free space and start again to resume from it"
+            ) from e
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self._step(step)
@@ -154,10 +215,12 @@ class Checkpointer:
         return step
 
     def wait(self):
-        self.manager.wait_until_finished()
+        with self._disk_full_named():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
+        with self._disk_full_named():
+            self.manager.wait_until_finished()
         self.manager.close()
 
 
@@ -232,10 +295,7 @@ def check_compatible(path, model_config, step: int | None = None) -> None:
     not fit `model_config` -- from its meta alone, without compiling or reading arrays."""
     from gpt2jax.model import abstract_params
 
-    cdir = checkpoint_dir(path)
-    if not cdir.exists():
-        raise CheckpointError(f"no checkpoints directory at {path}")
-    ck = Checkpointer(cdir.parent, read_only=True)
+    ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
     step = ck._step(step)
     check_shapes(ck.read_meta(step), abstract_params(model_config), where=str(ck.directory / str(step)))
 
@@ -260,7 +320,7 @@ def save_params(workdir, config, params, step: int = 0) -> epath.Path:
 
 def load_config(path, step: int | None = None):
     """The config stored with a checkpoint."""
-    ck = Checkpointer(checkpoint_dir(path).parent, read_only=True)
+    ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
     return config_lib.from_dict(ck.read_meta(step)["config"])
 
 
@@ -269,10 +329,7 @@ def load_params(path, step: int | None = None, shardings=None, model_config=None
     `shardings` (a tree like the params) places the arrays; default: the first device."""
     from gpt2jax.model import abstract_params  # local import: model never depends on this module
 
-    cdir = checkpoint_dir(path)
-    if not cdir.exists():
-        raise CheckpointError(f"no checkpoints directory at {path}")
-    ck = Checkpointer(cdir.parent, read_only=True)
+    ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
     meta = ck.read_meta(step)
     config = config_lib.from_dict(meta["config"])
     mcfg = model_config or config.model

@@ -176,6 +176,10 @@ def _check(cond: bool, field: str, msg: str) -> None:
 def validate(config) -> None:
     """Check every field once, before anything compiles. Raises ConfigError naming the field."""
     m, t, o = config.model, config.train, config.optim
+    for section, values in config.items():  # inf and nan pass most range checks: refuse them all
+        for k, v in values.items() if hasattr(values, "items") else ():
+            if isinstance(v, float):
+                _check(math.isfinite(v), f"{section}.{k}", f"must be a finite number, got {v}")
     for f in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "vocab_multiple"):
         _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", f"must be a positive int, got {m[f]!r}")
     _check(

@@ -371,7 +371,7 @@ def to_hf(config, params, path) -> Path:
 
 # ----------------------------------------------------------------------------------------- CLI
 
-def define_flags(fv=flags.FLAGS):
+def define_flags(fv):
     """The CLI's flags; defined only when this module runs as a script (or on `fv`), so that importing
     `from_hf` from other entry points (evaluate, sample) cannot clash with their --workdir/--step."""
     flags.DEFINE_string("from_hf", None, "HF GPT-2 directory to import into --workdir (step 0).", flag_values=fv)
@@ -389,7 +389,7 @@ def _describe(config, params) -> str:
     )
 
 
-def main(argv, fv=flags.FLAGS):
+def main(argv, fv):
     from gpt2jax import checkpoint
 
     if len(argv) > 1:
@@ -397,22 +397,26 @@ def main(argv, fv=flags.FLAGS):
     if not fv.workdir or bool(fv.from_hf) == bool(fv.to_hf):
         raise app.UsageError("give --workdir and exactly one of --from_hf=DIR or --to_hf=OUT")
     if fv.from_hf:
-        existing = checkpoint.checkpoint_dir(fv.workdir)
-        if existing.exists() and any(existing.iterdir()):
-            raise app.UsageError(f"{existing} already holds checkpoints; give a fresh --workdir")
+        from gpt2jax.lock import WorkdirLock
+
         config, params = from_hf(fv.from_hf)
-        where = checkpoint.save_params(fv.workdir, config, params, step=0)
+        with WorkdirLock([fv.workdir]):  # it writes checkpoints: one writer at a time
+            existing = checkpoint._path(fv.workdir) / "checkpoints"
+            if existing.exists() and any(existing.iterdir()):
+                raise app.UsageError(f"{existing} already holds checkpoints; give a fresh --workdir")
+            where = checkpoint.save_params(fv.workdir, config, params, step=0)
         print(f"imported {fv.from_hf}: {_describe(config, params)}\nwrote {where}/0")
     else:
         step = fv.step
         if step is None:
-            run_dir = checkpoint.checkpoint_dir(fv.workdir).parent
-            step = checkpoint.Checkpointer(run_dir, read_only=True).latest_step()
+            cdir = checkpoint.checkpoint_dir(fv.workdir)
+            step = checkpoint.Checkpointer(None, read_only=True, directory=cdir).latest_step()
         config, params = checkpoint.load_params(fv.workdir, step=step)
         out = to_hf(config, params, fv.to_hf)
         print(f"exported {fv.workdir} step {step}: {_describe(config, params)}\nwrote {out}")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    from gpt2jax import cli
+
+    cli.run(main, define_flags)

@@ -19,15 +19,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import sys
-import tempfile
 import time
 
 from absl import app, flags
 
+from gpt2jax.fileio import write_json_atomic  # noqa: F401  (also this module's name for it)
 
-def define_flags(fv=flags.FLAGS) -> None:
+
+def define_flags(fv) -> None:
     """The CLI's flags. Defined only when run as a script (or by a test on its own FlagValues), so that
     importing this module next to train/sample/convert never collides over --workdir/--step."""
     flags.DEFINE_string("workdir", None, "Run directory (or checkpoints dir) to evaluate.", flag_values=fv)
@@ -81,21 +80,6 @@ def markdown_table(results: dict) -> str:
     return "\n".join(rows) + "\n\nSources:\n" + ref.sources_markdown()
 
 
-def write_json_atomic(path: str, obj) -> None:
-    path = os.path.abspath(os.path.expanduser(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".results-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_model(workdir=None, hf=None, step=None, dtype=""):
     """(model config, params) from a run (gpt2jax.checkpoint) or a Hugging Face dir (gpt2jax.convert)."""
     if bool(workdir) == bool(hf):
@@ -122,7 +106,7 @@ def data_parallel(params, batch_size: int):
     return place_data_parallel(params, batch_size)
 
 
-def main(argv, fv=flags.FLAGS):
+def main(argv, fv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     F = fv
@@ -131,9 +115,11 @@ def main(argv, fv=flags.FLAGS):
     from gpt2jax.eval.scoring import Scorer
 
     names = lm_eval_adapter.builtin_task_names(F)  # --tasks, default none with --lm_eval_tasks
+    unknown = [n for n in names if n not in T.TASKS]
+    if unknown:
+        raise T.TaskError(f"--tasks: unknown task(s) {', '.join(map(repr, unknown))}; known tasks: "
+                          f"{', '.join(T.TASKS)} (or 'all')")
     lm_eval_tasks = lm_eval_adapter.cli_tasks(F)  # (task manager, tasks, names): data loaded up front
-    for name in names:
-        T.get_task(name)
     missing = []
     for name in names:  # all missing files at once, before any model is loaded
         try:
@@ -141,7 +127,7 @@ def main(argv, fv=flags.FLAGS):
         except T.MissingTaskData as e:
             missing.append(str(e))
     if missing:
-        sys.exit("\n".join(missing))
+        raise T.MissingTaskData("\n".join(missing))
 
     model_cfg, params = load_model(F.workdir, F.hf, F.step, F.dtype)
     run_config = placement.run_config(F.workdir, F.hf, F.step) if F.mesh == "run" else None
@@ -168,5 +154,6 @@ def main(argv, fv=flags.FLAGS):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    from gpt2jax import cli
+
+    cli.run(main, define_flags)

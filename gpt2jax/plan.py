@@ -22,7 +22,6 @@ planned from a laptop; device memory is then unknown unless `--device_memory_gib
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -201,29 +200,26 @@ def format_plan(p: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-def _define_flags():
+def define_flags(fv) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)
-    flags.DEFINE_integer("devices", 0, "Simulate this many CPU devices (0: the devices present).")
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", flag_values=fv, lock_config=True)
+    flags.DEFINE_integer("devices", 0, "Simulate this many CPU devices (0: the devices present).", flag_values=fv)
     flags.DEFINE_float("device_memory_gib", 0.0, "Per-device memory to check the plan against "
-                       "(0: what the accelerator reports; unknown on CPU).")
+                       "(0: what the accelerator reports; unknown on CPU).", flag_values=fv)
     flags.DEFINE_boolean("compile", True, "Compile the step for XLA's memory and FLOPs estimates "
-                         "(--nocompile: only the exact parameter/optimizer bytes).")
-    flags.DEFINE_string("json", "", "Also write the plan as JSON to this path.")
-    flags.mark_flags_as_required(["config"])
+                         "(--nocompile: only the exact parameter/optimizer bytes).", flag_values=fv)
+    flags.DEFINE_string("json", "", "Also write the plan as JSON to this path.", flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
 
 
-def main(argv):
+def main(argv, fv):
     del argv
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    if FLAGS.devices:
+    if fv.devices:
         # Before the first use of jax devices: N simulated host devices, CPU only.
         os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={FLAGS.devices}"
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={fv.devices}"
         ).strip()
         import jax
 
@@ -233,20 +229,16 @@ def main(argv):
 
         # On a multi-host slice every worker runs the planner and they join into one mesh.
         distributed.initialize()
-    from gpt2jax.config import ConfigError
+    from gpt2jax.fileio import write_json_atomic
 
-    try:
-        p = plan(FLAGS.config, compile=FLAGS.compile, device_memory_gib=FLAGS.device_memory_gib)
-    except ConfigError as e:  # the config cannot run on this mesh: say why, no traceback
-        raise SystemExit(f"error: {e}") from None
+    # A config that cannot run on this mesh is a ConfigError naming why (no traceback: gpt2jax.cli).
+    p = plan(fv.config, compile=fv.compile, device_memory_gib=fv.device_memory_gib)
     print(format_plan(p), flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(p, f, indent=2)
+    if fv.json:
+        write_json_atomic(fv.json, p)
 
 
 if __name__ == "__main__":
-    from absl import app
+    from gpt2jax import cli
 
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -3,8 +3,9 @@
     python -m gpt2jax.train --config=configs/shakespeare.py --workdir=runs/shk [--config.train.num_steps=...]
 
 The run writes into --workdir: run.json (resolved config, versions, devices, parameter counts,
-FLOPs per token), metrics.jsonl, TensorBoard events (tb/), checkpoints/ and optionally profile/.
-Starting again with the same workdir resumes from its latest checkpoint.
+FLOPs per token, the data's token counts and sha256), metrics.jsonl, TensorBoard events (tb/),
+checkpoints/ and optionally profile/; writer.lock while it runs (gpt2jax/lock.py: one writer per
+workdir). Starting again with the same workdir resumes from its latest checkpoint.
 
 The loop (`train`) runs one step at a time and then its hooks: `Hook(fn, every=N, at_end=...)` objects
 whose `fn(loop)` gets the `Loop` (config, trainer, params, optimizer state, step, data, checkpointer,
@@ -39,6 +40,8 @@ from gpt2jax import metrics as metrics_lib
 from gpt2jax import sharding as shd
 from gpt2jax import wandb_log
 from gpt2jax.data import loader
+from gpt2jax.fileio import write_json_atomic
+from gpt2jax.lock import WorkdirLock
 from gpt2jax.losses import blockwise_cross_entropy
 from gpt2jax.model import (
     GPT2, abstract_params, count_params, cross_entropy, head_weight, init_params, output_multiplier,
@@ -179,11 +182,14 @@ class Trainer:
         shape = (local_rows.shape[0] * self.batch_slice[1],) + tuple(local_rows.shape[1:])
         return jax.make_array_from_process_local_data(self.batch_sharding, local_rows, shape)
 
-    def evaluate(self, params, val: loader.TokenDataset, num_batches: int) -> float:
+    def evaluate(self, params, val: loader.TokenDataset, num_batches: int, should_stop=None) -> float | None:
+        """Mean loss over `num_batches` (0: all) val batches; None if `should_stop()` turned true."""
         B = self.config.train.batch_size
         n = num_batches or loader.num_eval_batches(val, B)
         losses = []
         for i in range(n):
+            if should_stop is not None and should_stop():
+                return None
             rows = loader.eval_batch(val, i, B, *self.batch_slice)
             losses.append(self.eval_step(params, self.global_batch(rows)))
         return float(np.mean(jax.device_get(losses)))
@@ -231,13 +237,6 @@ def run_info(config, params) -> dict:
         "flops_per_token": metrics_lib.flops_per_token(m, config_lib.seq_len(config)),
         "command": sys.argv,
     }
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _check_resume_config(saved: dict, config) -> None:
@@ -293,10 +292,11 @@ class _closing_on_error:
         return False
 
 
-def _precheck_checkpoints(ckpt, config) -> None:
+def _precheck_checkpoints(ckpt, config, data: dict | None = None) -> None:
     """Before anything compiles: the checkpoint a resume will start from (the latest whose meta
-    reads) must be of this experiment and this model shape; so must train.init_from's on a fresh
-    start. Raise ConfigError / CheckpointError naming the field or the first mismatched parameter."""
+    reads) must be of this experiment, this data (`data`: the files' token counts and sha256) and
+    this model shape; so must train.init_from's on a fresh start. Raise ConfigError / DataError /
+    CheckpointError naming the field, the file or the first mismatched parameter."""
     for step in reversed(ckpt.all_steps()):
         try:
             meta = ckpt.read_meta(step)
@@ -304,6 +304,13 @@ def _precheck_checkpoints(ckpt, config) -> None:
         except Exception:
             continue  # unreadable: _restore_latest reports it and falls back
         _check_resume_config(saved, config)
+        if data is not None and "data" not in meta:
+            print(f"WARNING: checkpoint step {step} predates data hashes: cannot check that the data is "
+                  "unchanged; recording them from now on", flush=True)
+        changed = loader.data_changes(meta.get("data"), data or {})
+        if changed:
+            raise loader.DataError(f"cannot resume from {ckpt.directory}/{step}: the data changed since it was "
+                                   f"saved ({'; '.join(changed)}). Restore that data, or start a new --workdir")
         ckpt_lib.check_shapes(meta, abstract_params(config.model), where=f"{ckpt.directory}/{step}")
         return
     if not ckpt.all_steps() and config.train.init_from:
@@ -378,6 +385,8 @@ class _StopFlag:
 
     def __enter__(self):
         def handler(signum, _frame):
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now (the latest checkpoint stays)
             self.requested = True
 
         for s in self.signals:
@@ -420,14 +429,15 @@ class Loop:
         self.T, self.B = config_lib.seq_len(config), config.train.batch_size
         vocab = config.model.vocab_size
         # Data errors surface before anything compiles.
-        self.train_ds = loader.TokenDataset(config.data.dir, "train", self.T, vocab)
+        self.train_ds = loader.TokenDataset(config.data.dir, "train", self.T, vocab, min_batch=self.B)
         self.val_ds = loader.TokenDataset(config.data.dir, "val", self.T, vocab)
+        self.data = loader.data_identity(self.train_ds, self.val_ds)  # in run.json and every checkpoint
         self.is_main = jax.process_index() == 0
         self.multi_process = jax.process_count() > 1
         ck = config.checkpoint
         self.ckpt = ckpt_lib.Checkpointer(ck.dir or self.workdir, keep=ck.keep, keep_every=ck.keep_every)
         # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
-        _precheck_checkpoints(self.ckpt, config)
+        _precheck_checkpoints(self.ckpt, config, self.data)
         self.trainer = Trainer(config)
         self.skipped = 0
         restored = _restore_latest(self.ckpt, self.trainer, config)
@@ -445,7 +455,7 @@ class Loop:
                 print(f"initialised parameters from {config.train.init_from}", flush=True)
             else:
                 self.params, self.opt_state = self.trainer.init_state(config.train.seed)
-        self.info = run_info(config, self.params)
+        self.info = {**run_info(config, self.params), "data": self.data}
         # W&B (train.wandb.project, process 0): reads a previous W&B run id from run.json, adds info['wandb']
         wandb_writer = wandb_log.start(config, self.workdir, self.info, is_main=self.is_main)
         if self.is_main:
@@ -468,6 +478,8 @@ class Loop:
         self.pending: list = []  # (step, outputs) of updates not yet checked for finiteness
         self.t0 = self.last_log_t = time.perf_counter()
         self.last_log_step, self.hook_seconds = self.start, 0.0
+        self.first_loss, self.diverged = None, False  # the first logged loss; warned once past twice it
+        self.stop = None  # train()'s stop flag (SIGTERM / Ctrl-C), which long hooks check
 
     # -- the loop's own work ---------------------------------------------------------------------
     def train_step(self) -> None:
@@ -526,6 +538,7 @@ class Loop:
             loader={"next_step": self.step, "seed": seed},
             rng={"seed": seed, "next_step": self.step},
             skipped_steps=self.skipped,
+            data=self.data,
         )
         self.ckpt.save(self.step, self.params, self.opt_state, meta, force=True)
 
@@ -535,6 +548,9 @@ class Loop:
             print(f"stopping at step {self.step} (train.stop_after={t.stop_after})", flush=True)
             return True
         return False
+
+    def should_stop(self) -> bool:
+        return self.stop is not None and self.stop.requested
 
     def stop_requested(self, stop_flag) -> bool:
         if stop_flag.requested or (self.multi_process and self.ckpt.reached_preemption(self.step)):
@@ -581,6 +597,11 @@ def log_metrics(loop: Loop) -> None:
         "grad_norm": float(loop.out["grad_norm"]), "tokens": loop.step * loop.B * loop.T,
         "tokens_per_sec": tps, "mfu": mfu, "skipped_steps": loop.skipped,
     }
+    loop.first_loss = loss if loop.first_loss is None else loop.first_loss
+    if loss is not None and not loop.diverged and loop.first_loss > 0 and loss > 2 * loop.first_loss:
+        loop.diverged, row["warning"] = True, "loss_diverging"
+        loop.print(f"WARNING: the loss is diverging: {loss:.4g} at step {loop.step}, more than twice the first "
+                   f"logged {loop.first_loss:.4g} (lower optim.lr?)")
     loop.writer.write(row)
     if loop.bar is not None and loss is not None:
         loop.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
@@ -588,23 +609,31 @@ def log_metrics(loop: Loop) -> None:
 
 def evaluate_val(loop: Loop) -> None:
     loop.check_finite()
-    loop.val_loss = loop.trainer.evaluate(loop.params, loop.val_ds, loop.config.train.eval_batches)
+    val_loss = loop.trainer.evaluate(loop.params, loop.val_ds, loop.config.train.eval_batches, loop.should_stop)
+    if val_loss is None:
+        loop.print(f"step {loop.step}: validation interrupted by the stop request; not logged")
+        return
+    loop.val_loss = val_loss
     loop.writer.write({"step": loop.step, "val_loss": loop.val_loss})
     loop.print(f"step {loop.step}: val_loss {loop.val_loss:.4f}")
 
 
-def evaluate_tasks(loop: Loop) -> dict:
-    """Zero-shot tasks during training, logged as eval/<task>/<metric> rows."""
+def evaluate_tasks(loop: Loop) -> dict | None:
+    """Zero-shot tasks during training, logged as eval/<task>/<metric> rows (none when a stop request
+    -- SIGTERM, Ctrl-C -- cut them short: the loop then saves and exits)."""
     from gpt2jax.eval.placement import train_batch_sharding
+    from gpt2jax.eval.scoring import Interrupted
     from gpt2jax.eval.tasks import evaluate_tasks as run_tasks, flatten
 
     ev = loop.config.eval
     # batches split over the training mesh's batch axes, as evaluate does over its devices
     sharding, batch_size = train_batch_sharding(loop.trainer, ev.batch_size)
-    results = run_tasks(
-        loop.config.model, loop.params, ev.tasks, ev.tasks_dir, limit=ev.limit or None, batch_size=batch_size,
-        batch_sharding=sharding,
-    )
+    try:
+        results = run_tasks(loop.config.model, loop.params, ev.tasks, ev.tasks_dir, limit=ev.limit or None,
+                            batch_size=batch_size, batch_sharding=sharding, should_stop=loop.should_stop)
+    except Interrupted as e:
+        loop.print(f"step {loop.step}: evaluation interrupted by the stop request ({e}); not logged")
+        return None
     row = {"step": loop.step, **flatten(results)}
     loop.writer.write(row)
     loop.print(f"step {loop.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
@@ -642,62 +671,67 @@ def default_hooks(config) -> list[Hook]:
 
 def train(config, workdir: str, *, progress: bool = True, hooks=()) -> dict:
     """Train (or resume) a run in `workdir`: the default hooks (log, eval, zero-shot tasks, checkpoint,
-    profile) and then `hooks` after each step. Returns a summary: final step, val loss, timing."""
-    loop = Loop(config, workdir, progress)
-    all_hooks = default_hooks(config) + list(hooks)
-    if config.train.profile_start == loop.step:
-        profile(loop)
-    # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
-    # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
-    signals = () if loop.multi_process else (signal.SIGTERM, signal.SIGINT)
-    with _StopFlag(signals) as stop, _closing_on_error(loop.ckpt, loop.writer, loop.bar):
-        while loop.step < loop.total and not loop.stop_after_reached():
-            loop.train_step()
-            loop.run_hooks(all_hooks)
-            if loop.stop_requested(stop):
-                break
-        loop.finish()
-    loop.writer.close()
-    if loop.bar is not None:
-        loop.bar.close()
-    return loop.summary()
+    profile) and then `hooks` after each step. Returns a summary: final step, val loss, timing.
+    One writer per workdir: the run holds gpt2jax.lock's lock on it (and on checkpoint.dir)."""
+    config_lib.validate(config)
+    dirs = [os.path.expanduser(workdir), config.checkpoint.dir or os.path.expanduser(workdir)]
+    with WorkdirLock(dirs, enabled=jax.process_index() == 0):
+        loop = Loop(config, workdir, progress)
+        all_hooks = default_hooks(config) + list(hooks)
+        if config.train.profile_start == loop.step:
+            profile(loop)
+        # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
+        # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
+        signals = () if loop.multi_process else (signal.SIGTERM, signal.SIGINT)
+        with _StopFlag(signals) as loop.stop, _closing_on_error(loop.ckpt, loop.writer, loop.bar):
+            while loop.step < loop.total and not loop.stop_after_reached():
+                loop.train_step()
+                loop.run_hooks(all_hooks)
+                if loop.stop_requested(loop.stop):
+                    break
+            loop.finish()
+        loop.writer.close()
+        if loop.bar is not None:
+            loop.bar.close()
+        return loop.summary()
 
 
 # ---------------------------------------------------------------------------------------------
-def main(argv):
-    del argv
-    from absl import flags, logging
+def main(argv, fv):
+    from absl import app, logging
 
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
     from gpt2jax import distributed
 
     # Several processes (TPU slice workers, SLURM tasks, or the flags below): join them first.
-    FLAGS = flags.FLAGS
-    if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
+    if distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id):
         print(distributed.describe(), flush=True)
-    config = flags.FLAGS.config
-    summary = train(config, flags.FLAGS.workdir)
+    summary = train(fv.config, fv.workdir)
     if summary["val_loss"] is not None:
         print(f"final val_loss {summary['val_loss']:.4f} at step {summary['step']}", flush=True)
 
 
-def _define_flags():
+def define_flags(fv) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and run.json.")
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", flag_values=fv,
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and run.json.", flag_values=fv)
     flags.DEFINE_string(
         "coordinator_address", None,
         "host:port of process 0, for a multi-process run outside a TPU slice / SLURM / mpirun "
-        "(which are detected automatically). Also JAX_COORDINATOR_ADDRESS.")
-    flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run (JAX_NUM_PROCESSES).")
-    flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (JAX_PROCESS_ID).")
-    flags.mark_flags_as_required(["config", "workdir"])
+        "(which are detected automatically). Also JAX_COORDINATOR_ADDRESS.", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run (JAX_NUM_PROCESSES).",
+                         flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (JAX_PROCESS_ID).",
+                         flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
 
 
 if __name__ == "__main__":
-    from absl import app
+    from gpt2jax import cli
 
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

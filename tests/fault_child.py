@@ -83,9 +83,8 @@ def install(spec: str) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from gpt2jax import cli
 
     if os.environ.get("GPT2JAX_FAULT"):
         install(os.environ["GPT2JAX_FAULT"])
-    train_lib._define_flags()
-    app.run(train_lib.main)
+    cli.run(train_lib.main, train_lib.define_flags)

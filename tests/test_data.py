@@ -209,8 +209,9 @@ def test_failure_keeps_previous_dataset(tmp_path):
     prep(write_text_files(tmp_path / "in", DOCS), out)
     before = {n: (out / n).read_bytes() for n in OUTPUTS}
     with pytest.raises(DataNotFoundError):
-        prep("text:/nonexistent/*.txt", out)
+        prep("text:/nonexistent/*.txt", out, overwrite=True)
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no half-built dataset beside it
 
 
 # --------------------------------------------------------------- shakespeare

@@ -508,5 +508,5 @@ def test_cli_end_to_end(tmp_path, tasks_dir, rand_params):
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
     fv(argv[:1] + ["--workdir=/nonexistent", "--tasks=hellaswag,piqa", f"--tasks_dir={tmp_path}"])
-    with pytest.raises(SystemExit, match="(?s)hellaswag_val.jsonl.*dev-labels.lst"):
+    with pytest.raises(T.MissingTaskData, match="(?s)hellaswag_val.jsonl.*dev-labels.lst"):
         evaluate.main([], fv)

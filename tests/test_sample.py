@@ -54,10 +54,31 @@ def test_filter_logits():
     assert (p[0, :2] > -1e8).all() and (p[0, 2:] < -1e8).all()
 
 
-def test_too_long_is_a_clear_error(model):
+def test_too_long_prompt_is_a_clear_error(model):
     c, params = model
-    with pytest.raises(ValueError, match="exceeds the model's context"):
-        generate(c.model, params, np.zeros((1, 30), np.int32), 5)
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        generate(c.model, params, np.zeros((1, 33), np.int32), 5)
+
+
+def test_generation_past_the_context_slides(model):
+    """Past block_size (32) every token is the argmax of a full forward pass over the last 32 tokens;
+    before it, of a forward pass over everything so far (the KV-cache path)."""
+    c, params = model
+    ctx = c.model.block_size
+    prompt = np.array([[464, 3290, 318, 257], [40, 588, 257, 1110]])
+    out = np.asarray(generate(c.model, params, prompt, 40, temperature=0.0))
+    assert out.shape == (2, 44)
+    np.testing.assert_array_equal(out[:, :4], prompt)
+    net = GPT2(c.model)
+    full = np.asarray(net.apply({"params": params}, out[:, :ctx]))
+    np.testing.assert_array_equal(full[:, 3:-1].argmax(-1), out[:, 4:ctx])
+    for p in range(ctx, out.shape[1]):
+        window = out[:, p - ctx:p]
+        want = np.asarray(net.apply({"params": params}, window))[:, -1].argmax(-1)
+        np.testing.assert_array_equal(want, out[:, p], err_msg=f"position {p}")
+    # A prompt as long as the context: only sliding steps.
+    long = np.asarray(generate(c.model, params, out[:, :ctx], 3, temperature=0.0))
+    np.testing.assert_array_equal(long[:, ctx:], out[:, ctx:ctx + 3])
 
 
 def test_sample_cli(model, tmp_path):

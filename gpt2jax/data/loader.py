@@ -26,12 +26,15 @@ import os
 import numpy as np
 
 from gpt2jax.data.sources import DataError, DataNotFoundError
+from gpt2jax.fileio import sha256_file
 
 
 class TokenDataset:
     """One split (``train`` or ``val``) of a prepared dir, memory-mapped read-only."""
 
-    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int = 50257):
+    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int = 50257, *, min_batch: int = 0):
+        """`min_batch` > 0: refuse a split with fewer windows than that (a training batch would repeat
+        windows within itself)."""
         self.data_dir, self.split, self.seq_len = data_dir, split, int(seq_len)
         data_dir = str(data_dir)
         self._fs = None if _is_local(data_dir) else _url_to_fs(data_dir)
@@ -50,12 +53,21 @@ class TokenDataset:
             raise DataNotFoundError(
                 f"prepared data not found: missing {', '.join(missing)}. Create it with "
                 f"`python -m gpt2jax.prepare --source=SOURCE --out_dir={data_dir}`")
+        self.meta_path, self.vocab_size = meta_path, int(vocab_size)
         with open_(meta_path, "rb") as f:
-            self.meta = json.loads(f.read())
-        info = self.meta.get("splits", {}).get(split)
-        if self.meta.get("dtype") != "uint16" or info is None:
-            raise DataError(f"{meta_path}: expected dtype uint16 and a split {split!r}")
+            raw = f.read()
+        try:
+            self.meta = json.loads(raw)
+            info = self.meta["splits"][split]
+            ok = self.meta.get("dtype") == "uint16" and isinstance(info["tokens"], int)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise DataError(f"{meta_path}: not a meta.json written by gpt2jax.prepare (unreadable, or no dtype "
+                            f"uint16 and split {split!r} with its token count); prepare the data again")
         size = getsize(bin_path)
+        if size == 0:
+            raise DataError(f"{bin_path}: the file is empty")
         if size % 2:
             raise DataError(f"{bin_path}: {size} bytes is not a whole number of uint16 "
                             "tokens (truncated or corrupt file?)")
@@ -63,16 +75,20 @@ class TokenDataset:
         if self.num_tokens != info["tokens"]:
             raise DataError(f"{bin_path}: {self.num_tokens} tokens but meta.json says "
                             f"{info['tokens']} (truncated or stale file?)")
-        if info["max_token_id"] >= vocab_size:
+        if info.get("max_token_id", -1) >= vocab_size:
             raise DataError(f"{bin_path}: max token id {info['max_token_id']} does not fit "
                             f"vocab_size {vocab_size}")
         if self.num_tokens < self.seq_len + 1:
-            raise DataError(f"split {split!r} in {data_dir} has {self.num_tokens} tokens, "
-                            f"fewer than seq_len + 1 = {self.seq_len + 1}")
+            raise DataError(f"{bin_path}: split {split!r} has {self.num_tokens} tokens, fewer than "
+                            f"seq_len + 1 = {self.seq_len + 1} (one sequence)")
         self.bin_path = bin_path
+        self.sha256 = info.get("sha256")
         # Local: the whole file memory-mapped. Remote: None; windows() reads byte ranges.
         self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if self._fs is None else None
         self.num_windows = (self.num_tokens - 1) // self.seq_len
+        if self.num_windows < min_batch:
+            raise DataError(f"{bin_path}: {self.num_tokens} tokens make {self.num_windows} sequences of "
+                            f"{self.seq_len + 1}, fewer than one batch of {min_batch}")
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def __repr__(self):
@@ -94,8 +110,26 @@ class TokenDataset:
         """int32 ``[len(idx), seq_len + 1]``: the windows with indices ``idx``."""
         starts = np.asarray(idx, np.int64) * self.seq_len
         if self.tokens is None:
-            return self._read_ranges(starts)
-        return self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
+            out = self._read_ranges(starts)
+        else:
+            out = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
+        if out.size and out.max() >= self.vocab_size:  # meta.json's max_token_id is only a claim
+            r, c = np.argwhere(out >= self.vocab_size)[0]
+            off = int(starts[r]) + int(c)
+            raise DataError(f"{self.bin_path}: token id {out[r, c]} at token offset {off} (byte {2 * off}) "
+                            f"is >= vocab_size {self.vocab_size}: the file does not hold GPT-2 tokens "
+                            "as its meta.json says; prepare the data again")
+        return out
+
+    def identity(self, hash_missing: bool = True) -> dict:
+        """What a checkpoint records of this split: its file, token count and sha256 (from meta.json;
+        computed from the file for data prepared before meta.json recorded it)."""
+        sha = self.sha256
+        if sha is None and hash_missing:
+            open_ = open if self._fs is None else self._fs[0].open
+            sha = sha256_file(self.bin_path, open_=open_)
+        return {"file": str(self.bin_path), "tokens": int(self.num_tokens), "sha256": sha,
+                "sha256_in_meta": self.sha256 is not None}
 
     def _read_ranges(self, starts: np.ndarray) -> np.ndarray:
         """The non-mmap reader: one byte range per window, fetched in one ``cat_ranges`` call."""
@@ -161,3 +195,42 @@ def eval_batch(ds: TokenDataset, index: int, global_batch: int,
 def num_eval_batches(ds: TokenDataset, global_batch: int) -> int:
     """Batches needed for ``eval_batch`` to cover every window once (the last one wraps)."""
     return -(-ds.num_windows // global_batch)
+
+
+# -- what a run records of its data ------------------------------------------------------------
+def data_identity(*datasets: TokenDataset) -> dict:
+    """{"dir": ..., split: {file, tokens, sha256}} for run.json and every checkpoint's meta. For data
+    prepared before meta.json held hashes they are computed from the files, with one warning."""
+    out = {"dir": str(datasets[0].data_dir)}
+    legacy = [ds.bin_path for ds in datasets if ds.sha256 is None]
+    if legacy:
+        print(f"WARNING: {datasets[0].meta_path} records no sha256 of {', '.join(map(str, legacy))} "
+              "(prepared by an older version): hashing the files now and recording the hashes with the "
+              "run; prepare the data again to store them in meta.json", flush=True)
+    for ds in datasets:
+        ident = ds.identity()
+        ident.pop("sha256_in_meta")
+        out[ds.split] = ident
+    return out
+
+
+def data_changes(saved: dict | None, now: dict) -> list[str]:
+    """What differs between the data a checkpoint recorded and the data now ('' entries: none).
+    A checkpoint without a record (written before they were kept) gives no changes."""
+    if not saved:
+        return []
+    changes = []
+    for split, cur in now.items():
+        if split == "dir" or not isinstance(cur, dict):
+            continue
+        old = saved.get(split)
+        if not isinstance(old, dict):
+            continue
+        for key in ("tokens", "sha256"):
+            if old.get(key) is not None and old.get(key) != cur.get(key):
+                changes.append(f"{split} {key} {old.get(key)} -> {cur.get(key)}")
+    if changes:
+        where = now.get("dir")
+        if saved.get("dir") != where:
+            changes.insert(0, f"data.dir {saved.get('dir')} -> {where}")
+    return changes

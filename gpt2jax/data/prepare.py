@@ -19,6 +19,14 @@ holds out whole works, whose unseen character names make val much harder -- see 
 
 Output is written under temporary names and renamed at the very end (meta.json
 last), so a failed or interrupted run leaves no train.bin/val.bin/meta.json.
+meta.json records each split's token count and the sha256 of its file (training
+records them with every checkpoint and refuses to resume on other data).
+
+A dataset never changes underfoot: preparing into a directory that already holds
+one is a no-op when the source and options are the same (``meta["options"]``),
+and is otherwise refused unless ``overwrite=True``, which writes the new dataset
+into a sibling directory and then swaps the two by renaming (a reader sees the
+old dataset, none, or the new one -- never a mixture) and removes the old one.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -35,11 +45,13 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2jax.data.sources import DEFAULT_SOURCE, DataError, iter_documents
+from gpt2jax.fileio import sha256_file, write_json_atomic
 from gpt2jax.tokenizer import EOT, N_VOCAB, get_tokenizer
 
 FORMAT_VERSION = 1
 DTYPE = np.uint16
 SPLITS = ("train", "val")
+FILES = ("train.bin", "val.bin", "meta.json")
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,21 +133,98 @@ def _move_tail_to_val(files: dict, counts: dict, val_fraction: float) -> None:
     del head
 
 
+def options_of(source: str, val_fraction: float, split: str, hf_config=None, max_docs: int = 0,
+               max_tokens: int = 0) -> dict:
+    """What decides a dataset's content (besides the source's own data); the sampling options only
+    when set."""
+    out = {"source": source, "val_fraction": val_fraction, "split": split,
+           "tokenizer_hash": get_tokenizer().vocab_hash, "format_version": FORMAT_VERSION}
+    out.update({k: v for k, v in (("hf_config", hf_config), ("max_docs", max_docs), ("max_tokens", max_tokens)) if v})
+    return out
+
+
+def existing_dataset(out_dir: str, options: dict) -> str | None:
+    """None if `out_dir` holds no dataset; "same" if it holds one prepared with `options`; otherwise a
+    sentence saying what is there."""
+    present = [n for n in FILES if os.path.exists(os.path.join(out_dir, n))]
+    if not present:
+        return None
+    meta_path = os.path.join(out_dir, "meta.json")
+    if "meta.json" not in present:
+        return f"{out_dir} holds {', '.join(present)} but no meta.json"
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        old = meta["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{meta_path} is from an older version or unreadable"
+    if old != options:
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in options.items() if old.get(k) != v]
+        return f"{out_dir} holds a dataset prepared with other options ({'; '.join(diff)})"
+    for s in SPLITS:
+        path = os.path.join(out_dir, f"{s}.bin")
+        want = meta.get("splits", {}).get(s, {}).get("tokens")
+        if not os.path.exists(path) or os.path.getsize(path) != 2 * (want or 0):
+            return f"{path} does not match {meta_path} (missing, truncated or replaced)"
+    return "same"
+
+
 def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             val_fraction: float = 0.05, num_workers: int = 2, *,
             tfds_data_dir: str | None = None, chunk_chars: int = 1 << 18,
             progress: bool = True, split: str = "documents", hf_config: str | None = None,
-            max_docs: int = 0, max_tokens: int = 0) -> dict:
-    """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json).
+            max_docs: int = 0, max_tokens: int = 0, overwrite: bool = False) -> dict:
+    """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json), with
+    ``"unchanged": True`` added when ``out_dir`` already held this dataset and nothing was done.
     max_docs / max_tokens (0 = no limit): stop after that many non-empty documents, or after the
     document that brings the total (EOTs included) to max_tokens -- a sample of the source's start."""
     if max_docs < 0 or max_tokens < 0:
-        raise ValueError(f"max_docs and max_tokens must be >= 0, got {max_docs}, {max_tokens}")
+        raise DataError(f"max_docs and max_tokens must be >= 0, got {max_docs}, {max_tokens}")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if split not in ("documents", "tail"):
-        raise ValueError(f"split must be 'documents' or 'tail', got {split!r}")
+        raise DataError(f"split must be 'documents' or 'tail', got {split!r}")
+    out_dir = str(out_dir)
+    options = options_of(source, val_fraction, split, hf_config, max_docs, max_tokens)
+    state = existing_dataset(out_dir, options)
+    if state == "same":
+        with open(os.path.join(out_dir, "meta.json")) as f:
+            return {**json.load(f), "unchanged": True}
+    if state is not None and not overwrite:
+        raise DataError(f"{state}: refusing to replace it (a run may be training on it). Pass "
+                        "--overwrite to replace it, or choose another --out_dir")
+    if state is None:
+        existed = os.path.isdir(out_dir)
+        try:
+            return _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress,
+                          split, options)
+        except BaseException:
+            if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
+                os.rmdir(out_dir)  # a failed first prepare leaves nothing behind
+            raise
+    # Overwrite: build beside, then swap by renames, then drop the old one.
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    stamp = f"{os.getpid()}.{int(time.time())}"
+    new_dir, old_dir = os.path.join(parent, f".{name}.new.{stamp}"), os.path.join(parent, f".{name}.old.{stamp}")
+    try:
+        meta = _write(source, new_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress, split,
+                      options)
+        for entry in os.listdir(out_dir):  # anything else kept in the directory stays with it
+            if entry not in FILES:
+                os.rename(os.path.join(out_dir, entry), os.path.join(new_dir, entry))
+        os.replace(out_dir, old_dir)
+        os.replace(new_dir, out_dir)
+    finally:
+        shutil.rmtree(new_dir, ignore_errors=True)
+    shutil.rmtree(old_dir, ignore_errors=True)
+    return meta
+
+
+def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress, split,
+           options) -> dict:
     by_document = split == "documents"
+    hf_config = options.get("hf_config")
+    max_docs, max_tokens = options.get("max_docs", 0), options.get("max_tokens", 0)
     os.makedirs(out_dir, exist_ok=True)
     stats = {"skipped_empty_documents": 0}
     counts = {s: {"documents": 0, "tokens": 0, "max_token_id": -1} for s in SPLITS}
@@ -171,6 +260,8 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             split_rule = "tail_tokens"
         for f in files.values():
             f.close()
+        for s in SPLITS:
+            counts[s]["sha256"] = sha256_file(tmp_paths[f"{s}.bin"])
 
         meta = {
             "format_version": FORMAT_VERSION,
@@ -184,12 +275,11 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             "split_rule": split_rule,
             "skipped_empty_documents": stats["skipped_empty_documents"],
             "splits": counts,
+            "options": options,
         }
         meta.update({k: v for k, v in (("hf_config", hf_config), ("max_docs", max_docs),
                                         ("max_tokens", max_tokens)) if v})
-        with open(tmp_paths["meta.json"], "w") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
+        write_json_atomic(tmp_paths["meta.json"], meta)
         # Commit: meta.json goes last, so its presence means a complete dataset.
         if os.path.exists(os.path.join(out_dir, "meta.json")):
             os.remove(os.path.join(out_dir, "meta.json"))

@@ -121,6 +121,10 @@ class ScoreStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+class Interrupted(Exception):
+    """Scoring stopped early because `should_stop()` said so (e.g. Ctrl-C during training)."""
+
+
 class Scorer:
     """Scores token requests with a GPT-2 (model config + parameters)."""
 
@@ -133,8 +137,10 @@ class Scorer:
         buckets: Iterable[int] | None = None,
         batch_sharding: Any = None,
         progress: bool = True,
+        should_stop=None,
     ):
         self.model_cfg = model_cfg
+        self.should_stop = should_stop  # () -> bool, checked between batches (Interrupted when true)
         # host (numpy) parameters, e.g. from convert.from_hf, go to the device once, not every batch
         self.params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
         self.block_size = int(model_cfg.block_size)
@@ -223,6 +229,9 @@ class Scorer:
                 bar.set_postfix(tok_s=f"{stats.tokens / el:,.0f}", refresh=False)
 
         for T, idx in batches:
+            if self.should_stop is not None and self.should_stop():
+                bar.close()
+                raise Interrupted(f"{desc}: stopped after {stats.batches} of {len(batches)} batches")
             tokens = np.zeros((B, T), np.int32)
             targets = np.zeros((B, T), np.int32)
             mask = np.zeros((B, T), bool)

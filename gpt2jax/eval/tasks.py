@@ -45,6 +45,10 @@ class MissingTaskData(FileNotFoundError):
     """A task's data file is not in --tasks_dir. The message says what to download and where to put it."""
 
 
+class TaskError(ValueError):
+    """An unknown task name, or a task file that cannot be read (the message names file and line)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DataFile:
     path: str  # relative to --tasks_dir, the name the official release uses
@@ -239,9 +243,31 @@ class TextDoc:
     chars: int = 0
 
 
+class _Record(dict):
+    """A JSON line's object; a missing field is a TaskError naming the file and line."""
+
+    where = ""
+
+    def __missing__(self, key):
+        raise TaskError(f"{self.where}: the record has no field {key!r}")
+
+
 def _jsonl(path: Path) -> list[dict]:
+    out = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                raise TaskError(f"{path}:{n}: not a JSON line ({e})") from None
+            if not isinstance(rec, dict):
+                raise TaskError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            rec = _Record(rec)
+            rec.where = f"{path}:{n}"
+            out.append(rec)
+    return out
 
 
 def _mc(context: str, choices: Sequence[str], gold: int, norm: bool = True) -> ChoiceDoc:
@@ -447,14 +473,21 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or 'all')")
     return TASKS[name]
 
 
 def load_docs(name: str, tasks_dir, limit: int | None = None) -> list:
     """The task's examples (the first `limit` of them, as lm-eval's --limit)."""
     task = get_task(name)
-    docs = task.load(*require(name, tasks_dir, task.files))
+    paths = require(name, tasks_dir, task.files)
+    try:
+        docs = task.load(*paths)
+    except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, TaskError):
+            raise
+        raise TaskError(f"task {name!r}: cannot read {', '.join(map(str, paths))}: malformed content "
+                        f"({type(e).__name__}: {e})") from None
     return docs[:limit] if limit else docs
 
 
@@ -601,17 +634,20 @@ def evaluate_tasks(
     *,
     batch_sharding=None,
     progress: bool = False,
+    should_stop=None,
 ) -> dict:
     """Evaluate `tasks` (names, or one comma-separated string) -> {task: {metric: value, ..., 'n': N}}.
 
     Meant to be called from the training loop every K steps as well as from the CLI: the compiled
     scoring function and the tokenized examples are cached, so later calls only run the model. Log
-    the result as rows `eval/<task>/<metric>` (see `flatten`)."""
+    the result as rows `eval/<task>/<metric>` (see `flatten`). `should_stop()`, checked between
+    batches, ends the evaluation early with scoring.Interrupted (e.g. on Ctrl-C during training)."""
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     for t in tasks:
         get_task(t)
-    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=batch_sharding, progress=progress)
+    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=batch_sharding, progress=progress,
+                    should_stop=should_stop)
     return {t: run_task(scorer, t, tasks_dir, limit) for t in tasks}
 
 
