@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 
 
 
@@ -136,12 +135,11 @@ def plot(rows, path: str, step: int) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    from absl import flags
+def main(argv, F):
+    from absl import app
 
-    F = flags.FLAGS
     if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
     widths = [int(w) for w in F.widths.split(",") if w]
     params = [p for p in F.parametrizations.split(",") if p]
     base = F.base_width or min(widths)
@@ -159,22 +157,23 @@ def main(argv):
     print(f"wrote {F.out}/coord_check.csv and coord_check.png")
 
 
-def _define_flags():
+def define_flags(fv):
     from absl import flags
 
-    flags.DEFINE_string("widths", "64,128,256,512,1024", "Comma-separated widths (n_embd).")
-    flags.DEFINE_string("parametrizations", "sp,mup", "Which parametrizations to check.")
-    flags.DEFINE_integer("base_width", 0, "muP base width (0 = the smallest width).")
-    flags.DEFINE_integer("steps", 10, "Adam steps per width.")
-    flags.DEFINE_float("lr", 1e-2, "The one learning rate used at every width.")
-    flags.DEFINE_integer("n_layer", 2, "Layers.")
-    flags.DEFINE_integer("n_head", 4, "Heads (fixed, so the head size grows with the width).")
-    flags.DEFINE_string("data_dir", "data/shakespeare", "Prepared token files (python -m gpt2jax.prepare).")
-    flags.DEFINE_string("out", "experiments/results/coord_check", "Output directory.")
+    flags.DEFINE_string("widths", "64,128,256,512,1024", "Comma-separated widths (n_embd).", flag_values=fv)
+    flags.DEFINE_string("parametrizations", "sp,mup", "Which parametrizations to check.", flag_values=fv)
+    flags.DEFINE_integer("base_width", 0, "muP base width (0 = the smallest width).", flag_values=fv)
+    flags.DEFINE_integer("steps", 10, "Adam steps per width.", flag_values=fv)
+    flags.DEFINE_float("lr", 1e-2, "The one learning rate used at every width.", flag_values=fv)
+    flags.DEFINE_integer("n_layer", 2, "Layers.", flag_values=fv)
+    flags.DEFINE_integer("n_head", 4, "Heads (fixed, so the head size grows with the width).", flag_values=fv)
+    flags.DEFINE_string("data_dir", "data/shakespeare", "Prepared token files (python -m gpt2jax.prepare).", flag_values=fv)
+    flags.DEFINE_string("out", "experiments/results/coord_check", "Output directory.", flag_values=fv)
 
 
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
-    sys.exit(app.run(main))
+    from gpt2jax import cli
+
+    cli.run(main, define_flags, user_errors=(app.UsageError,))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -96,12 +95,11 @@ def plot(res: dict, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    from absl import flags
+def main(argv, F):
+    from absl import app
 
-    F = flags.FLAGS
     if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
     res = inspect(F.workdir, F.data_dir, F.batches, F.batch_size, F.step)
     os.makedirs(F.out, exist_ok=True)
     with open(os.path.join(F.out, "inspect.json"), "w") as f:
@@ -111,19 +109,20 @@ def main(argv):
     print(f"wrote {F.out}/inspect.json and inspect.png")
 
 
-def _define_flags():
+def define_flags(fv):
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).", required=True)
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-    flags.DEFINE_string("data_dir", "data/shakespeare", "Prepared token files; the val split is used.")
-    flags.DEFINE_integer("batches", 4, "Validation batches.")
-    flags.DEFINE_integer("batch_size", 8, "Sequences per batch.")
-    flags.DEFINE_string("out", "experiments/results/inspect", "Output directory.")
+    flags.DEFINE_string("workdir", None, "A run's workdir (its latest checkpoint is used).", required=True, flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.DEFINE_string("data_dir", "data/shakespeare", "Prepared token files; the val split is used.", flag_values=fv)
+    flags.DEFINE_integer("batches", 4, "Validation batches.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 8, "Sequences per batch.", flag_values=fv)
+    flags.DEFINE_string("out", "experiments/results/inspect", "Output directory.", flag_values=fv)
 
 
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
-    sys.exit(app.run(main))
+    from gpt2jax import cli
+
+    cli.run(main, define_flags, user_errors=(app.UsageError,))

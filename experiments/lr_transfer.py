@@ -15,7 +15,6 @@ import csv
 import json
 import math
 import os
-import sys
 
 
 def collect(root: str) -> list[dict]:
@@ -85,17 +84,16 @@ def plot(cs: dict, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    from absl import flags
+def main(argv, F):
+    from absl import app
 
-    F = flags.FLAGS
     if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if not os.path.isdir(F.root):
-        raise SystemExit(f"error: --root={F.root} is not a directory")
+        raise app.UsageError(f"--root={F.root} is not a directory")
     rows = collect(F.root)
     if not rows:
-        raise SystemExit(f"error: no finished runs (sweep_run.json + a val_loss) under {F.root}")
+        raise app.UsageError(f"no finished runs (sweep_run.json + a val_loss) under {F.root}")
     os.makedirs(F.out, exist_ok=True)
     with open(os.path.join(F.out, "lr_transfer.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["name", "parametrization", "width", "lr", "loss"])
@@ -114,15 +112,16 @@ def main(argv):
     print(f"wrote {F.out}/lr_transfer.csv and lr_transfer.png")
 
 
-def _define_flags():
+def define_flags(fv):
     from absl import flags
 
-    flags.DEFINE_string("root", None, "Sweep root (python -m experiments.sweep ... --root).", required=True)
-    flags.DEFINE_string("out", "experiments/results/mup", "Output directory.")
+    flags.DEFINE_string("root", None, "Sweep root (python -m experiments.sweep ... --root).", required=True, flag_values=fv)
+    flags.DEFINE_string("out", "experiments/results/mup", "Output directory.", flag_values=fv)
 
 
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
-    sys.exit(app.run(main))
+    from gpt2jax import cli
+
+    cli.run(main, define_flags, user_errors=(app.UsageError,))
