@@ -115,6 +115,8 @@ def plot(rows, path: str, step: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from experiments.plots import save_png
+
     params = sorted({r["parametrization"] for r in rows}, key=lambda p: p != "sp")
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
     fig, axes = plt.subplots(1, len(params), figsize=(5.5 * len(params), 4.2), sharey=True, squeeze=False)
@@ -131,8 +133,7 @@ def plot(rows, path: str, step: int) -> None:
     axes[0][0].set_ylabel("RMS of the activation")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv, F):

@@ -69,6 +69,8 @@ def plot(res: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from experiments.plots import save_png
+
     ent = np.asarray(res["attention_entropy"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
     im = a.imshow(ent, cmap="viridis", aspect="auto", vmin=0, vmax=res["uniform_entropy"])
@@ -91,8 +93,7 @@ def plot(res: dict, path: str) -> None:
     b.legend()
     fig.suptitle(f"{res['n_layer']} layers x {res['n_embd']} wide, {res['tokens']:,} val tokens", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv, F):

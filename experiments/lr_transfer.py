@@ -61,6 +61,8 @@ def plot(cs: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from experiments.plots import save_png
+
     params = [p for p in ("sp", "mup") if any(k[0] == p for k in cs)]
     fig, axes = plt.subplots(1, len(params), figsize=(5.6 * len(params), 4.2), sharey=True, squeeze=False)
     for ax, p in zip(axes[0], params):
@@ -80,8 +82,7 @@ def plot(cs: dict, path: str) -> None:
     lo = min(v for pts in cs.values() for _, v in pts if math.isfinite(v))
     axes[0][0].set_ylim(lo - 0.1, lo + 1.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv, F):

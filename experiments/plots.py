@@ -16,12 +16,17 @@ from experiments import fits as fits_lib
 MAX_GROUPS = 8
 
 
-def _save(fig, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
+def save_png(fig, path: str) -> str:
+    """Write a figure as PNG atomically (temp name, then rename) and close it."""
     tmp = path + ".tmp"
     fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
+    return path
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+    save_png(fig, os.path.join(out_dir, name))
     return name
 
 

@@ -190,6 +190,24 @@ def _warmup(fraction: float | None, steps: int) -> dict:
     return {} if fraction is None else {"optim.warmup_steps": math.ceil(fraction * steps)}
 
 
+def _shape_overrides(n_layer, n_embd, heads, seq_len, batch_size, steps, rate, min_lr_ratio, warmup_fraction,
+                     overrides) -> dict:
+    """The overrides of one model shape in a ladder or IsoFLOP sweep (then the spec's own overrides)."""
+    return {
+        "model.n_layer": n_layer,
+        "model.n_embd": n_embd,
+        "model.n_head": heads,
+        "model.block_size": seq_len,
+        "train.batch_size": batch_size,
+        "train.seq_len": seq_len,
+        "train.num_steps": steps,
+        "optim.lr": rate,
+        "optim.min_lr": float(f"{rate * min_lr_ratio:.4g}"),
+        **_warmup(warmup_fraction, steps),
+        **(overrides or {}),
+    }
+
+
 def _steps(tokens: float, batch_size: int, seq_len: int) -> int:
     return max(1, math.ceil(tokens / (batch_size * seq_len)))
 
@@ -238,19 +256,8 @@ def ladder(
         n_non_emb = num_params(cfg.model, non_embedding=True)
         n_tok = tokens if tokens is not None else tokens_per_param * (n_non_emb if count == "non_embedding" else n_total)
         rate = _lr_for(lr, n_embd, n_non_emb, lr_base_width)
-        ov = {
-            "model.n_layer": n_layer,
-            "model.n_embd": n_embd,
-            "model.n_head": heads,
-            "model.block_size": seq_len,
-            "train.batch_size": batch_size,
-            "train.seq_len": seq_len,
-            "train.num_steps": _steps(n_tok, batch_size, seq_len),
-            "optim.lr": rate,
-            "optim.min_lr": float(f"{rate * min_lr_ratio:.4g}"),
-            **_warmup(warmup_fraction, _steps(n_tok, batch_size, seq_len)),
-            **(overrides or {}),
-        }
+        ov = _shape_overrides(n_layer, n_embd, heads, seq_len, batch_size, _steps(n_tok, batch_size, seq_len),
+                              rate, min_lr_ratio, warmup_fraction, overrides)
         tags = {"ladder": prefix, "n_layer": n_layer, "n_embd": n_embd, "n_head": heads}
         runs.append(Run(f"{prefix}-L{n_layer}-D{n_embd}", config, ov, tags=tags))
     return runs
@@ -296,19 +303,8 @@ def isoflop(
             if tokens_per_param and not tokens_per_param[0] <= C / (6.0 * N) / N <= tokens_per_param[1]:
                 continue
             rate = _lr_for(lr, n_embd, n_non_emb, lr_base_width)
-            ov = {
-                "model.n_layer": n_layer,
-                "model.n_embd": n_embd,
-                "model.n_head": heads,
-                "model.block_size": seq_len,
-                "train.batch_size": batch_size,
-                "train.seq_len": seq_len,
-                "train.num_steps": steps,
-                "optim.lr": rate,
-                "optim.min_lr": float(f"{rate * min_lr_ratio:.4g}"),
-                **_warmup(warmup_fraction, steps),
-                **(overrides or {}),
-            }
+            ov = _shape_overrides(n_layer, n_embd, heads, seq_len, batch_size, steps, rate, min_lr_ratio,
+                                  warmup_fraction, overrides)
             tags = {"isoflop": prefix, "n_layer": n_layer, "n_embd": n_embd, "n_head": heads}
             runs.append(Run(f"{prefix}-C{C:.0e}-L{n_layer}-D{n_embd}".replace("+", ""), config, ov,
                             budget_flops=float(C), tags=tags))
