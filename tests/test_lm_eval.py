@@ -337,7 +337,9 @@ def test_cli_lm_eval_tasks_replace_default_tasks_and_errors(monkeypatch, tmp_pat
     bad = flags.FlagValues()
     evaluate.define_flags(bad)
     bad(["evaluate", "--hf=x", "--lm_eval_tasks=t_bad", f"--lm_eval_include={tmp_path}"])
-    with pytest.raises(SystemExit, match="lm-eval task 't_bad': cannot load it or its data"):
+    from absl import app
+
+    with pytest.raises(app.UsageError, match="lm-eval task 't_bad': cannot load it or its data"):
         A.cli_tasks(bad)  # before any model is loaded
 
     fv = flags.FlagValues()
@@ -349,7 +351,7 @@ def test_cli_lm_eval_tasks_replace_default_tasks_and_errors(monkeypatch, tmp_pat
     fv2(["evaluate", "--hf=x"])
     assert A.builtin_task_names(fv2) == ["lambada", "hellaswag"]
     monkeypatch.setattr(A, "HAVE_LM_EVAL", False)
-    with pytest.raises(SystemExit, match=r"pip install -e '\.\[lm_eval\]'"):
+    with pytest.raises(app.UsageError, match=r"pip install -e '\.\[lm_eval\]'"):
         A.cli_tasks(fv)
 
 

@@ -330,21 +330,22 @@ def builtin_task_names(fv) -> list[str]:
 
 def cli_tasks(fv):
     """Before any model is loaded: lm-eval installed, every requested task known and its data loaded
-    (or exit with the reason). Returns (task manager, task objects, names)."""
-    import sys
+    (or app.UsageError with the reason: one `error:` line through gpt2jax.cli). Returns (task manager, task
+    objects, names)."""
+    from absl import app
 
     names = [t for t in fv.lm_eval_tasks.split(",") if t]
     if not names:
         return None, [], []
     if not HAVE_LM_EVAL:
-        sys.exit(f"--lm_eval_tasks: {INSTALL_HINT}")
+        raise app.UsageError(f"--lm_eval_tasks: {INSTALL_HINT}")
     if fv.lm_eval_include and not os.path.isdir(fv.lm_eval_include):
-        sys.exit(f"--lm_eval_include={fv.lm_eval_include}: no such directory")
+        raise app.UsageError(f"--lm_eval_include={fv.lm_eval_include}: no such directory")
     try:
         tm = make_task_manager(names, fv.lm_eval_include or None)
         return tm, load_tasks(tm, names), names
     except (ValueError, TaskDataError) as e:
-        sys.exit(f"--lm_eval_tasks: {e}")
+        raise app.UsageError(f"--lm_eval_tasks: {e}") from None
 
 
 def run_cli(fv, lm_eval_tasks, model_cfg, params, batch_sharding, batch_size, results: dict, write) -> None:
