@@ -1,0 +1,50 @@
+"""Fingerprint of the compiled train step of a config: XLA's optimised HLO with instruction names and source
+metadata stripped, so two checkouts that build the same program print the same hash.
+
+    python experiments/step_hlo.py configs/shakespeare.py [OUT.txt]
+
+Used to show that a refactor leaves the default model's program unchanged (run it in both checkouts).
+"""
+
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+
+sys.path.insert(0, os.getcwd())
+
+
+def normalized_hlo(config_path: str) -> list[str]:
+    import jax
+    import jax.numpy as jnp
+
+    from gpt2jax.train import Trainer
+
+    spec = importlib.util.spec_from_file_location("cfg", config_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.train.compile_cache = ""
+    tr = Trainer(c)
+    params, opt = tr.init_state(0)
+    T = c.train.seq_len or c.model.block_size
+    batch = jax.ShapeDtypeStruct((c.train.batch_size, T + 1), jnp.int32, sharding=tr.batch_sharding)
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=tr.replicated)
+    text = tr.train_step.lower(params, opt, batch, step).compile().as_text()
+    out = []
+    for line in text.splitlines():
+        if " = " not in line or re.match(r'^\d+ "', line):  # instructions only, not the source tables
+            continue
+        line = re.sub(r", metadata=\{[^}]*\}", "", line)
+        line = re.sub(r"%[\w.\-]+", "%", line)
+        out.append(re.sub(r", (origin|stack_frame_id|frontend_attributes)=[^,}]*", "", line))
+    return out
+
+
+if __name__ == "__main__":
+    lines = normalized_hlo(sys.argv[1])
+    print(hashlib.sha256("\n".join(lines).encode()).hexdigest(), f"{len(lines)} instructions")
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w") as f:
+            f.write("\n".join(lines) + "\n")
