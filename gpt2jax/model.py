@@ -226,11 +226,6 @@ def norm(x, p, cfg: ModelConfig):
     return y.astype(x.dtype)
 
 
-def layer_norm(x, p):
-    """GPT-2's LayerNorm (kept for callers that hold a LayerNorm's parameters)."""
-    return norm(x, p, ModelConfig())
-
-
 # ------------------------------------------------------------------------------------- attention
 def attention_params(cfg: ModelConfig) -> dict:
     D, H, K, L = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_layer
