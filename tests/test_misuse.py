@@ -497,10 +497,18 @@ def test_ctrl_c_in_evaluate_keeps_the_finished_tasks(capsys, tmp_path, converted
 
 
 def test_a_second_ctrl_c_stops_at_once():
-    with train_lib._StopFlag() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested  # the first: finish the step, save, exit
-        with pytest.raises(KeyboardInterrupt):
+    # Start from Python's own SIGINT handler whatever earlier tests (or imported libraries) installed.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with train_lib._StopFlag() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)  # the handler runs here
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            deadline = time.monotonic() + 5
+            while not stop.requested and time.monotonic() < deadline:
+                time.sleep(0.01)  # the handler runs in the main thread at the next check
+            assert stop.requested  # the first: finish the step, save, exit
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs here
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on exit
+    finally:
+        signal.signal(signal.SIGINT, outer)
