@@ -420,6 +420,19 @@ def output_multiplier(cfg) -> float:
     return 1.0 / ModelConfig.of(cfg).width_mult
 
 
+def head_logits(params, x_BTD, cfg) -> jax.Array:
+    """Logits [B, T, padded_vocab] in fp32 from hidden states after the final norm (the forward pass's
+    `return_hidden=True` output, or any [B, T, D] selection of it, e.g. the scorer's scored positions):
+    their product with head_weight(), times output_multiplier() under muP, padded columns at NEG_INF."""
+    cfg = ModelConfig.of(cfg)
+    logits = jnp.einsum("btd,vd->btv", x_BTD, head_weight(params, cfg).astype(x_BTD.dtype)).astype(jnp.float32)
+    if cfg.mup:
+        logits = logits * output_multiplier(cfg)
+    logits = constrain(logits, ("batch", "seq", "vocab"))
+    real = jnp.arange(logits.shape[-1]) < cfg.vocab_size
+    return jnp.where(real, logits, NEG_INF)
+
+
 def param_specs(cfg) -> dict:
     """The declaration of every parameter: a tree of ParamSpec shaped like the parameters. The top-level
     order (wte, wpe, h, ln_f, lm_head) is the order parameters are created in."""
@@ -505,14 +518,7 @@ class GPT2(nn.Module):
         return norm(x_BTD, p["ln_f"], self.config)
 
     def _head(self, p, x_BTD):
-        cfg = self.config
-        x = self._final(p, x_BTD)
-        logits = jnp.einsum("btd,vd->btv", x, head_weight(p, cfg).astype(x.dtype)).astype(jnp.float32)
-        if cfg.mup:
-            logits = logits * output_multiplier(cfg)
-        logits = constrain(logits, ("batch", "seq", "vocab"))
-        real = jnp.arange(logits.shape[-1]) < cfg.vocab_size
-        return jnp.where(real, logits, NEG_INF)
+        return head_logits(p, self._final(p, x_BTD), self.config)
 
     def __call__(self, tokens_BT, *, deterministic: bool = True, return_hidden: bool = False, capture: bool = False):
         """Logits [B, T, padded_vocab] in fp32. With deterministic=False, dropout uses the 'dropout' rng.

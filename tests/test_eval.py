@@ -22,7 +22,8 @@ import pytest
 from gpt2jax import config as config_lib
 from gpt2jax.eval import reference
 from gpt2jax.eval import tasks as T
-from gpt2jax.eval.scoring import EOT, Scorer, default_buckets, rolling_windows
+from gpt2jax.eval import scoring
+from gpt2jax.eval.scoring import EOT, Scorer, default_buckets, rolling_windows, scored_width
 from gpt2jax.model import GPT2, init_params
 
 from conftest import tiny_config as base_config
@@ -206,6 +207,25 @@ def test_bucketing_compiles_once_per_bucket(cfg, rand_params):
     assert again.num_compiles == 0  # new params, same shapes: nothing recompiles
     st = scorer.last_stats
     assert st.tokens > 0 and st.tokens <= st.padded_tokens and st.tokens_per_s > 0
+
+
+def test_head_runs_only_at_scored_positions(cfg, rand_params):
+    assert [scored_width(n, 64) for n in (1, 2, 3, 8, 9, 64, 200)] == [1, 2, 4, 8, 16, 64, 64]
+    scorer = Scorer(cfg, rand_params, batch_size=B, progress=False)
+    Vp = config_lib.padded_vocab(cfg)
+    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
+    hlo = scorer._fn.lower(scorer.params, i32(B, 64), i32(B, 2), i32(B, 2),
+                           jax.ShapeDtypeStruct((B, 2), jnp.bool_)).compile().as_text()
+    assert f"f32[{B},2,{Vp}]" in hlo or f"f32[{B * 2},{Vp}]" in hlo  # logits at 2 positions a row
+    assert not re.search(rf"f32\[{B},64,{Vp}\]|f32\[{B * 64},{Vp}\]", hlo)  # never at all 64
+    # short and long continuations in one batch: C is the longest one's, the short rows are masked
+    rng = np.random.default_rng(5)
+    reqs = [(rng.integers(0, V, 40).tolist(), rng.integers(0, V, n).tolist()) for n in (1, 3, 5, 2)]
+    params = jax.tree.map(lambda x: x * 20.0 if x.ndim >= 2 else x, rand_params)
+    res = Scorer(cfg, params, batch_size=B, progress=False).loglikelihood(reqs)
+    for (ctx, cont), (ll, _) in zip(reqs, res):
+        whole = ctx + cont
+        assert ll == pytest.approx(_direct_ll(cfg, params, whole[:-1], whole[1:], len(cont)), abs=1e-4)
 
 
 def _direct_ll(cfg, params, inp, tgt, n):

@@ -18,9 +18,13 @@ Conventions (lm-evaluation-harness's, `HFLM._loglikelihood_tokens`):
     carry probability mass or win the argmax); argmax ties go to the lowest token id, as in torch.
 
 Speed: requests are sorted by length, padded on the right to one of a few bucket lengths (powers of
-two up to block_size, and block_size itself) and grouped into batches of a fixed size, so a task
-compiles at most len(buckets) times; the compiled function is cached per model config and reused
-across Scorers (e.g. evaluation every K training steps). Only two numbers per row (the summed
+two up to block_size, and block_size itself) and grouped into batches of a fixed size. The LM head
+runs only at the positions whose next token is scored (C per row: the batch's longest continuation
+rounded up to a power of two, `scored_width`), so a multiple-choice task with short answers pays for
+the transformer over the context but for the [D, vocab] head on a few positions; rolling
+log-likelihoods score every position (C = T). A task compiles once per (bucket, C) pair it meets; the
+compiled function is cached per model config and reused across Scorers (e.g. evaluation every K
+training steps). Only two numbers per row (the summed
 log-likelihood and the greedy flag) come back to the host. With `batch_sharding` (a
 jax.sharding.Sharding for [batch, length] arrays, e.g. NamedSharding(mesh, P(('data', 'fsdp'))))
 batches are placed with it and the parameters are used where they already live.
@@ -53,23 +57,36 @@ def _config_key(model_cfg):
 
 
 def _make_score_fn(key: str, model_cfg):
-    """jit(params, tokens[B,T], targets[B,T], mask[B,T]) -> (ll[B] f32, greedy[B] bool)."""
-    from gpt2jax.model import GPT2
+    """jit(params, tokens[B,T], positions[B,C], targets[B,C], mask[B,C]) -> (ll[B] f32, greedy[B] bool).
+    The transformer runs over all T positions; the LM head (most of the FLOPs at GPT-2's vocabulary)
+    only at the C positions whose next token is scored."""
+    from gpt2jax.model import GPT2, head_logits
 
     model = GPT2(key)
 
-    def score(params, tokens_BT, targets_BT, mask_BT):
+    def score(params, tokens_BT, positions_BC, targets_BC, mask_BC):
         _TRACES[key] = _TRACES.get(key, 0) + 1  # runs only while tracing
-        logits_BTV = model.apply({"params": params}, tokens_BT).astype(jnp.float32)
-        lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-        target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-        ll_BT = target_logit_BT - lse_BT  # log_softmax gathered at the targets only
-        greedy_BT = jnp.argmax(logits_BTV, axis=-1) == targets_BT
-        ll_B = jnp.sum(jnp.where(mask_BT, ll_BT, 0.0), axis=-1)
-        greedy_B = jnp.all(jnp.where(mask_BT, greedy_BT, True), axis=-1)
+        hidden_BTD = model.apply({"params": params}, tokens_BT, return_hidden=True)
+        hidden_BCD = jnp.take_along_axis(hidden_BTD, positions_BC[..., None], axis=1)
+        logits_BCV = head_logits(params, hidden_BCD, key)
+        lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+        target_logit_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
+        ll_BC = target_logit_BC - lse_BC  # log_softmax gathered at the targets only
+        greedy_BC = jnp.argmax(logits_BCV, axis=-1) == targets_BC
+        ll_B = jnp.sum(jnp.where(mask_BC, ll_BC, 0.0), axis=-1)
+        greedy_B = jnp.all(jnp.where(mask_BC, greedy_BC, True), axis=-1)
         return ll_B, greedy_B
 
     return jax.jit(score)
+
+
+def scored_width(n: int, T: int) -> int:
+    """The scored positions per row for a batch whose longest continuation is n tokens: the smallest
+    power of two >= n, at most T (so a task compiles for a few (T, C) pairs, not one per length)."""
+    c = 1
+    while c < n:
+        c *= 2
+    return min(c, T)
 
 
 def default_buckets(block_size: int, smallest: int = 32) -> tuple[int, ...]:
@@ -232,17 +249,21 @@ class Scorer:
             if self.should_stop is not None and self.should_stop():
                 bar.close()
                 raise Interrupted(f"{desc}: stopped after {stats.batches} of {len(batches)} batches")
+            C = scored_width(max(rows[i][2] for i in idx), T)
             tokens = np.zeros((B, T), np.int32)
-            targets = np.zeros((B, T), np.int32)
-            mask = np.zeros((B, T), bool)
+            positions = np.zeros((B, C), np.int32)
+            targets = np.zeros((B, C), np.int32)
+            mask = np.zeros((B, C), bool)
             for r, i in enumerate(idx):
                 inp, tgt, n = rows[i]
                 tokens[r, : len(inp)] = inp
-                targets[r, : len(tgt)] = tgt
-                mask[r, len(inp) - n : len(inp)] = True
+                start = len(inp) - n  # the scored positions: the last n of the input
+                positions[r, :n] = np.arange(start, len(inp))
+                targets[r, :n] = tgt[start:]
+                mask[r, :n] = True
                 stats.tokens += len(inp)
             stats.padded_tokens += B * T
-            arrays = (tokens, targets, mask)
+            arrays = (tokens, positions, targets, mask)
             if self.batch_sharding is not None:
                 arrays = tuple(jax.device_put(a, self.batch_sharding) for a in arrays)
             out = self._fn(self.params, *arrays)  # dispatched asynchronously
