@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
             # loss over the LM head: 0 = dense logits; N > 0 = gpt2jax.losses' blockwise cross-entropy
             # over N vocabulary rows at a time (never holds the [B, T, V] logits; same loss)
             loss_block=0,
+            # N > 0 = gpt2jax.losses' fused cross-entropy: N tokens at a time against the whole
+            # vocabulary, both gradients formed in the forward pass (same loss; fewer memory passes)
+            loss_rows=0,
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -252,6 +255,13 @@ def validate(config) -> None:
         "train.loss_block",
         f"must be an int >= 0 (0 = dense logits), got {t.loss_block!r}",
     )
+    _check(
+        isinstance(t.loss_rows, int) and t.loss_rows >= 0,
+        "train.loss_rows",
+        f"must be an int >= 0 (0 = off), got {t.loss_rows!r}",
+    )
+    _check(not (t.loss_rows and t.loss_block), "train.loss_rows",
+           f"and train.loss_block are two ways of computing the loss: set one ({t.loss_rows}, {t.loss_block})")
 
     mesh = config.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]

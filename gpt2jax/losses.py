@@ -141,3 +141,100 @@ def blockwise_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=No
         return nll.mean()
     m = mask_BT.reshape(B * T).astype(jnp.float32)
     return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+# ------------------------------------------------------------------------------ token-row fused
+# The other way round: walk the *tokens* in chunks of `rows`, each against the whole vocabulary. A
+# chunk's [rows, V] logits (51 MB for 256 x 50304 fp32) are formed once, and in the same pass turned
+# into the loss AND both gradients -- dh = (softmax - onehot) @ w and dw += (softmax - onehot)^T @ h
+# -- which the forward rule of a custom VJP saves; the backward rule only scales them by the incoming
+# cotangent. That works because the function returns one scalar (a weighted sum of per-token losses
+# whose weights are known in the forward pass), so the cotangent is a single number. Three matmuls and
+# one exp per logit, no recompute, no [N, V] buffer beyond one chunk, and no transposed copy of it.
+# Without differentiation (evaluation) the primal computes only the loss, chunk by chunk.
+
+
+def _chunk_logits(h_RD, w_VD, vocab_size: int):
+    s = jax.lax.dot_general(h_RD, w_VD.astype(h_RD.dtype), (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    col = jnp.arange(w_VD.shape[0])
+    return jnp.where((col < vocab_size)[None, :], s, -jnp.inf), col
+
+
+def _chunks(h_ND, t_N, m_N, rows: int):
+    N, D = h_ND.shape
+    n = -(-N // rows)
+    pad = n * rows - N
+    if pad:  # padded tokens carry weight 0
+        h_ND = jnp.pad(h_ND, ((0, pad), (0, 0)))
+        t_N, m_N = jnp.pad(t_N, (0, pad)), jnp.pad(m_N, (0, pad))
+    return h_ND.reshape(n, rows, D), t_N.reshape(n, rows), m_N.reshape(n, rows), pad
+
+
+def _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int):
+    hs, ts, ms, _ = _chunks(h_ND, t_N, m_N, rows)
+
+    def body(acc, c):
+        h, t, m = c
+        s, _ = _chunk_logits(h, w_VD, vocab_size)
+        nll = jax.nn.logsumexp(s, axis=-1) - jnp.take_along_axis(s, t[:, None], axis=-1)[:, 0]
+        return acc + jnp.sum(nll * m), None
+
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), (hs, ts, ms))[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int):
+    return _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size, rows)
+
+
+def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
+    N, D = h_ND.shape
+    hs, ts, ms, _ = _chunks(h_ND, t_N, m_N, rows)
+    cdt = h_ND.dtype
+
+    def body(carry, c):
+        loss, dw = carry
+        h, t, m = c
+        s, col = _chunk_logits(h, w_VD, vocab_size)
+        mx = s.max(axis=-1, keepdims=True)
+        e = jnp.exp(s - mx)
+        z = e.sum(axis=-1, keepdims=True)
+        lse = mx[:, 0] + jnp.log(z[:, 0])
+        nll = lse - jnp.take_along_axis(s, t[:, None], axis=-1)[:, 0]
+        # (softmax - onehot) * weight, in one elementwise pass over the chunk's logits
+        g = (e / z - (col[None, :] == t[:, None]).astype(jnp.float32)) * m[:, None]
+        g = g.astype(cdt)
+        dh = jnp.dot(g, w_VD.astype(cdt), preferred_element_type=jnp.float32)
+        dw = dw + jax.lax.dot_general(g, h, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return (loss + jnp.sum(nll * m), dw), dh
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros(w_VD.shape, jnp.float32))
+    (loss, dw), dh = jax.lax.scan(body, init, (hs, ts, ms))
+    dh = dh.reshape(-1, D)[:N]
+    return loss, (dh.astype(h_ND.dtype), dw.astype(w_VD.dtype))
+
+
+def _fused_bwd(vocab_size, rows, res, g):
+    dh, dw = res
+    return (dh * g.astype(dh.dtype)), (dw * g.astype(dw.dtype)), None, None
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def fused_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, rows: int = 256):
+    """Mean next-token cross-entropy in fp32 (nats) of softmax(h @ w[:vocab_size].T), like
+    `gpt2jax.model.cross_entropy` of the head's logits, computed `rows` tokens at a time with the
+    gradients formed in the forward pass (see above). mask_BT weights positions (1 = counted)."""
+    V = w_VD.shape[0]
+    if not 0 < vocab_size <= V:
+        raise ValueError(f"vocab_size={vocab_size} must be in (0, {V}] (rows of the head matrix)")
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    B, T, D = h_BTD.shape
+    N = B * T
+    m = jnp.ones((N,), jnp.float32) if mask_BT is None else mask_BT.reshape(N).astype(jnp.float32)
+    m = m / jnp.maximum(m.sum(), 1.0)
+    return _fused(h_BTD.reshape(N, D), w_VD, targets_BT.reshape(N).astype(jnp.int32),
+                  jax.lax.stop_gradient(m), int(vocab_size), int(min(rows, N)))

@@ -42,7 +42,7 @@ from gpt2jax import wandb_log
 from gpt2jax.data import loader
 from gpt2jax.fileio import write_json_atomic
 from gpt2jax.lock import WorkdirLock
-from gpt2jax.losses import blockwise_cross_entropy
+from gpt2jax.losses import blockwise_cross_entropy, fused_cross_entropy
 from gpt2jax.model import (
     GPT2, abstract_params, count_params, cross_entropy, head_weight, init_params, output_multiplier,
 )
@@ -122,15 +122,17 @@ class Trainer:
     def _loss(self, params, batch_BT1, key):
         x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
         kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
-        block = self.config.train.loss_block
+        block, rows = self.config.train.loss_block, self.config.train.loss_rows
         with shd.activation_context(self.config, self.mesh):  # activation layouts from mesh.rules
-            if not block:
+            if not (block or rows):
                 return cross_entropy(self.model.apply({"params": params}, x, **kw), y)
-            # Blockwise over the vocabulary: the [B, T, V] logits are never held (gpt2jax/losses.py).
+            # The [B, T, V] logits are never held whole (gpt2jax/losses.py).
             h = self.model.apply({"params": params}, x, return_hidden=True, **kw)
             m = self.model.config  # the frozen ModelConfig
             if m.mup:
                 h = h * output_multiplier(m)
+            if rows:
+                return fused_cross_entropy(h, head_weight(params, m), y, m.vocab_size, rows=rows)
             return blockwise_cross_entropy(h, head_weight(params, m), y, m.vocab_size, block=block)
 
     def _train_step(self, params, opt_state, batch_BT1, step):

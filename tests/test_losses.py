@@ -1,11 +1,11 @@
-"""gpt2jax.losses: the blockwise cross-entropy against the dense head + gpt2jax.model.cross_entropy."""
+"""gpt2jax.losses: the blockwise and fused cross-entropies against the dense head + gpt2jax.model.cross_entropy."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax.losses import blockwise_cross_entropy
+from gpt2jax.losses import blockwise_cross_entropy, fused_cross_entropy
 from gpt2jax.model import NEG_INF, cross_entropy
 
 B, T, D = 4, 64, 32
@@ -45,6 +45,25 @@ def test_matches_dense_values_and_gradients(block):
     assert np.any(np.asarray(gw1[:VOCAB]) != 0.0)
 
 
+@pytest.mark.parametrize("rows", [64, 100, 256, 1000])
+def test_fused_matches_dense_values_and_gradients(rows):
+    # 100 does not divide the 256 tokens: the last chunk is padded with weight-0 tokens.
+    h, w, t = _inputs(pad_value=3.0)
+    mask = (jnp.arange(T) % 3 != 0).astype(jnp.float32)[None].repeat(B, 0)
+    fused = lambda h, w: fused_cross_entropy(h, w, t, VOCAB, mask, rows=rows)  # noqa: E731
+    ref = lambda h, w: _dense(h, w, t, mask)  # noqa: E731
+    (l1, (gh1, gw1)) = jax.value_and_grad(fused, argnums=(0, 1))(h, w)
+    (l0, (gh0, gw0)) = jax.value_and_grad(ref, argnums=(0, 1))(h, w)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(fused)(h, w), l0, rtol=1e-5)  # the primal (no gradient) path
+    np.testing.assert_allclose(gh1, gh0, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(gw1, gw0, rtol=1e-4, atol=1e-7)
+    assert np.all(np.asarray(gw1[VOCAB:]) == 0.0) and np.any(np.asarray(gw1[:VOCAB]) != 0.0)
+    # the cotangent scales both gradients (the forward pass formed them for a cotangent of 1)
+    g2 = jax.grad(lambda h, w: 2.5 * fused(h, w), argnums=(0, 1))(h, w)
+    np.testing.assert_allclose(g2[1], 2.5 * gw0, rtol=1e-4, atol=1e-7)
+
+
 def test_padded_rows_never_win():
     h, w, t = _inputs(pad_value=0.0)
     # Make one padded row dominate every token's logits: the loss must not change.
@@ -73,13 +92,15 @@ def test_no_full_logits_buffer():
         return jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(h, w).compile()
 
     blk = compiled(lambda h, w: blockwise_cross_entropy(h, w, t, VOCAB, block=128))
+    fused = compiled(lambda h, w: fused_cross_entropy(h, w, t, VOCAB, rows=64))
     dense = compiled(lambda h, w: _dense(h, w, t))
     full = {f"f32[{B * T},{PADDED}]", f"f32[{B},{T},{PADDED}]"}
     assert any(s in dense.as_text() for s in full)
-    assert not any(s in blk.as_text() for s in full)
     logits_bytes = B * T * PADDED * 4
     assert dense.memory_analysis().temp_size_in_bytes >= logits_bytes
-    assert blk.memory_analysis().temp_size_in_bytes < logits_bytes
+    for c in (blk, fused):
+        assert not any(s in c.as_text() for s in full)
+        assert c.memory_analysis().temp_size_in_bytes < logits_bytes
 
 
 def test_bad_vocab_size():
@@ -97,18 +118,19 @@ def test_trainer_loss_block_matches_dense():
     c = tiny_config(model__vocab_size=1000, model__parametrization="mup", model__mup_base_width=32)
     rows = np.random.default_rng(0).integers(0, 1000, (c.train.batch_size, c.model.block_size + 1), dtype=np.int32)
     outs = []
-    for block in (0, 96):  # 96 does not divide the padded 1024 rows
-        c.train.loss_block = block
+    for block, n_rows in ((0, 0), (96, 0), (0, 96)):  # 96 divides neither the 1024 rows nor B*T tokens
+        c.train.loss_block, c.train.loss_rows = block, n_rows
         tr = Trainer(c)
         p, o = tr.init_state(0)
         batch = tr.global_batch(rows)
         val = float(tr.eval_step(p, batch))
         p, o, out = tr.train_step(p, o, batch, jnp.asarray(0, jnp.int32))
         outs.append((val, float(out["loss"]), float(out["grad_norm"]), jax.device_get(p)))
-    (v0, l0, g0, p0), (v1, l1, g1, p1) = outs
-    np.testing.assert_allclose([v1, l1, g1], [v0, l0, g0], rtol=1e-5)
+    (v0, l0, g0, p0) = outs[0]
     assert abs(v0 - np.log(1000)) < 1.0
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p0)
+    for v1, l1, g1, p1 in outs[1:]:
+        np.testing.assert_allclose([v1, l1, g1], [v0, l0, g0], rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p0)
 
 
 def test_loss_block_validated():
@@ -117,4 +139,10 @@ def test_loss_block_validated():
     c = config_lib.get_config()
     c.train.loss_block = -1
     with pytest.raises(config_lib.ConfigError, match="train.loss_block"):
+        config_lib.validate(c)
+    c.train.loss_block, c.train.loss_rows = 0, -2
+    with pytest.raises(config_lib.ConfigError, match="train.loss_rows"):
+        config_lib.validate(c)
+    c.train.loss_block, c.train.loss_rows = 128, 256
+    with pytest.raises(config_lib.ConfigError, match="train.loss_rows.*set one"):
         config_lib.validate(c)
