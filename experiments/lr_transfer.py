@@ -4,9 +4,10 @@ the runs of a sweep such as experiments/specs/mup_transfer.py.
     python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
 
 Reads each run's sweep_run.json (tags `width`, `parametrization`; override `optim.lr`) and metrics.jsonl (last
-val_loss). Runs at muP's base width belong to both parametrizations (there muP is SP). Writes lr_transfer.csv
-and lr_transfer.png and prints each curve's best learning rate and how many grid steps the wide model's
-optimum moved from the narrow one's.
+val_loss). Runs at muP's base width belong to both parametrizations (there muP is SP); runs that differ only in
+`train.seed` are averaged. Writes lr_transfer.csv and lr_transfer.png and prints, per curve, the grid's best
+learning rate and the optimum of a parabola (in log2 lr) through that point and its two neighbours, and how
+far (in grid steps, factors of 2) the wide model's optimum moved from the narrow one's by each measure.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def collect(root: str) -> list[dict]:
             continue
         tags = r.get("tags", {})
         rows.append({"name": name, "width": int(tags["width"]), "parametrization": tags["parametrization"],
-                     "lr": float(r["overrides"]["optim.lr"]), "loss": float(losses[-1])})
+                     "lr": float(r["overrides"]["optim.lr"]), "seed": int(r["overrides"].get("train.seed", 0)),
+                     "loss": float(losses[-1])})
     return rows
 
 
@@ -43,16 +45,35 @@ def curves(rows: list[dict]) -> dict:
     out = {}
     for p in params:
         for w in widths:
-            pts = sorted((r["lr"], r["loss"]) for r in rows if r["width"] == w and
-                         (r["parametrization"] == p or w == widths[0]))
-            if pts:
-                out[(p, w)] = pts
+            by_lr: dict[float, list[float]] = {}
+            for r in rows:
+                if r["width"] == w and (r["parametrization"] == p or w == widths[0]):
+                    by_lr.setdefault(r["lr"], []).append(r["loss"])
+            if by_lr:  # seeds averaged
+                out[(p, w)] = sorted((lr, sum(v) / len(v)) for lr, v in by_lr.items())
     return out
 
 
 def best(pts) -> tuple[float, float]:
     finite = [(lr, v) for lr, v in pts if math.isfinite(v)]
     return min(finite, key=lambda t: t[1])
+
+
+def fitted_best(pts) -> tuple[float, bool]:
+    """The vertex of the parabola in log2(lr) through the grid's best point and its two neighbours, and
+    whether it is interior (False: the best point is at the grid's edge, and it is returned as is)."""
+    finite = [(lr, v) for lr, v in pts if math.isfinite(v)]
+    i = min(range(len(finite)), key=lambda k: finite[k][1])
+    if i == 0 or i == len(finite) - 1:
+        return finite[i][0], False
+    (l0, y0), (l1, y1), (l2, y2) = finite[i - 1 : i + 2]
+    x0, x1, x2 = math.log2(l0), math.log2(l1), math.log2(l2)
+    # vertex of the interpolating parabola (Lagrange form), exact for unequal spacing too
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    if den == 0:
+        return l1, True
+    return 2.0 ** (x1 - 0.5 * num / den), True
 
 
 def plot(cs: dict, path: str) -> None:
@@ -73,9 +94,11 @@ def plot(cs: dict, path: str) -> None:
             line, = ax.plot(lr, loss, marker="o", label=f"width {w}")
             b = best(pts)
             ax.plot([b[0]], [b[1]], marker="*", markersize=14, color=line.get_color())
+            ax.axvline(fitted_best(pts)[0], color=line.get_color(), linestyle=":", alpha=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate (Adam; muP: the base width's)")
-        ax.set_title(p.upper() + (" (base width = narrowest)" if p == "mup" else ""))
+        ax.set_title(p.upper() + (" (base width = narrowest)" if p == "mup" else "")
+                     + "\n* grid optimum, dotted: parabola optimum", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     axes[0][0].set_ylabel("final val loss (nats/token)")
@@ -97,7 +120,7 @@ def main(argv, F):
         raise app.UsageError(f"no finished runs (sweep_run.json + a val_loss) under {F.root}")
     os.makedirs(F.out, exist_ok=True)
     with open(os.path.join(F.out, "lr_transfer.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["name", "parametrization", "width", "lr", "loss"])
+        w = csv.DictWriter(f, fieldnames=["name", "parametrization", "width", "lr", "seed", "loss"])
         w.writeheader()
         w.writerows(rows)
     cs = curves(rows)
@@ -108,8 +131,11 @@ def main(argv, F):
             continue
         b0, b1 = best(cs[(p, widths[0])]), best(cs[(p, widths[-1])])
         shift = round(math.log2(b1[0] / b0[0]))
+        (f0, in0), (f1, in1) = fitted_best(cs[(p, widths[0])]), fitted_best(cs[(p, widths[-1])])
+        edge = "" if in0 and in1 else " (a best point at the grid's edge: the true optimum may lie beyond)"
         print(f"{p}: best lr at width {widths[0]} = {b0[0]:g} (loss {b0[1]:.4f}); at width {widths[-1]} = "
-              f"{b1[0]:g} (loss {b1[1]:.4f}): {shift:+d} grid step(s)")
+              f"{b1[0]:g} (loss {b1[1]:.4f}): {shift:+d} grid step(s); parabola optima {f0:.3g} and "
+              f"{f1:.3g}: {math.log2(f1 / f0):+.2f} grid steps{edge}")
     print(f"wrote {F.out}/lr_transfer.csv and lr_transfer.png")
 
 

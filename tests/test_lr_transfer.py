@@ -1,0 +1,53 @@
+"""experiments/lr_transfer.py: reading a sweep's runs, averaging seeds, placing each curve's optimum."""
+
+import json
+import math
+
+import pytest
+
+from experiments import lr_transfer as lt
+
+
+def _run(root, name, width, param, lr, loss, seed=None):
+    d = root / name
+    d.mkdir()
+    over = {"optim.lr": lr, **({} if seed is None else {"train.seed": seed})}
+    (d / "sweep_run.json").write_text(json.dumps({"overrides": over, "tags": {"width": width, "parametrization": param}}))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 9.0}) + "\n" + json.dumps({"step": 10, "val_loss": loss}) + "\n")
+
+
+def test_parabola_optimum_is_exact_for_a_quadratic():
+    # loss = (log2 lr + 5.3)^2 + 4 on a grid of powers of 2: the vertex is 2^-5.3
+    pts = [(2.0**k, (k + 5.3) ** 2 + 4) for k in range(-9, -1)]
+    lr, interior = lt.fitted_best(pts)
+    assert interior and math.log2(lr) == pytest.approx(-5.3, abs=1e-9)
+    assert lt.best(pts)[0] == 2.0**-5
+    lr, interior = lt.fitted_best(pts[:4])  # the minimum beyond the grid's top: the edge point, flagged
+    assert not interior and lr == 2.0**-6
+
+
+def test_collect_averages_seeds_and_shares_the_base_width(tmp_path, capsys):
+    for k in range(-8, -3):
+        _run(tmp_path, f"base-{k}-s0", 64, "sp", 2.0**k, (k + 6) ** 2 + 5.0, seed=0)
+        _run(tmp_path, f"base-{k}-s1", 64, "sp", 2.0**k, (k + 6) ** 2 + 5.2, seed=1)
+        _run(tmp_path, f"mup-{k}", 512, "mup", 2.0**k, (k + 6.5) ** 2 + 4.0)
+        _run(tmp_path, f"sp-{k}", 512, "sp", 2.0**k, (k + 4) ** 2 + 4.5)
+    (tmp_path / "not-a-run").mkdir()
+    rows = lt.collect(str(tmp_path))
+    assert len(rows) == 20 and {r["seed"] for r in rows} == {0, 1}
+    cs = lt.curves(rows)
+    assert set(cs) == {("sp", 64), ("mup", 64), ("sp", 512), ("mup", 512)}
+    assert cs[("mup", 64)] == cs[("sp", 64)] and dict(cs[("sp", 64)])[2.0**-6] == pytest.approx(5.1)
+    assert math.log2(lt.fitted_best(cs[("mup", 512)])[0]) == pytest.approx(-6.5)
+    out = tmp_path / "out"
+    from absl import flags
+
+    fv = flags.FlagValues()
+    lt.define_flags(fv)
+    fv(["prog", f"--root={tmp_path}", f"--out={out}"])
+    lt.main(["prog"], fv)
+    printed = capsys.readouterr().out
+    assert "mup: best lr at width 64 = 0.015625" in printed and "-0.50 grid steps" in printed
+    assert "sp: " in printed and "+2.00 grid steps" in printed
+    assert (out / "lr_transfer.png").stat().st_size > 10_000
+    assert (out / "lr_transfer.csv").read_text().count("\n") == 21
