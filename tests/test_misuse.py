@@ -184,6 +184,16 @@ def test_prepare_again(capsys, tmp_path):
     # The same source and options: nothing to do (so `make quickstart` can run again).
     code, stdout, _ = run(capsys, prepare, f"--source=text:{src}/*.txt", f"--out_dir={out}", "--val_fraction=0.5")
     assert code == 0 and "nothing to do" in stdout and digest(out) == before
+    # A meta.json written before options were recorded (an older version's): same fields, same answer.
+    meta_path = out / "meta.json"
+    original = meta_path.read_bytes()
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "options"}))
+    legacy = digest(out)
+    code, stdout, _ = run(capsys, prepare, f"--source=text:{src}/*.txt", f"--out_dir={out}", "--val_fraction=0.5")
+    assert code == 0 and "nothing to do" in stdout and digest(out) == legacy
+    refused(run(capsys, prepare, f"--source=text:{src}/*.txt", f"--out_dir={out}", "--val_fraction=0.1"),
+            str(out), "val_fraction 0.5 -> 0.1")
+    meta_path.write_bytes(original)
     # Other options or another source: refused, naming the directory and what differs.
     refused(run(capsys, prepare, f"--source=text:{src}/*.txt", f"--out_dir={out}", "--val_fraction=0.1"),
             str(out), "val_fraction 0.5 -> 0.1", "--overwrite")

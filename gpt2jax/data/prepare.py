@@ -143,6 +143,14 @@ def options_of(source: str, val_fraction: float, split: str, hf_config=None, max
     return out
 
 
+def _options_before_they_were_recorded(meta: dict) -> dict:
+    """The options of a dataset written before meta.json had an "options" entry (same format version,
+    from its source / val_fraction / split_rule / tokenizer_hash fields). KeyError if one is missing."""
+    split = {"tail_tokens": "tail", "every_kth_document": "documents", "none": "documents"}[meta["split_rule"]]
+    return {"source": meta["source"], "val_fraction": meta["val_fraction"], "split": split,
+            "tokenizer_hash": meta["tokenizer_hash"], "format_version": meta["format_version"]}
+
+
 def existing_dataset(out_dir: str, options: dict) -> str | None:
     """None if `out_dir` holds no dataset; "same" if it holds one prepared with `options`; otherwise a
     sentence saying what is there."""
@@ -155,7 +163,7 @@ def existing_dataset(out_dir: str, options: dict) -> str | None:
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        old = meta["options"]
+        old = meta["options"] if "options" in meta else _options_before_they_were_recorded(meta)
     except (OSError, ValueError, KeyError, TypeError):
         return f"{meta_path} is from an older version or unreadable"
     if old != options:
