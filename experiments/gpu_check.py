@@ -14,8 +14,9 @@ Checks (tolerances are stated in the results file next to each measured differen
      ATTN_ATOL (outputs are O(1); bf16's spacing there is 2^-8). And the whole model's logits
      with model.attention 'cudnn' vs 'xla': max |difference| within LOGITS_ATOL. On CPU (no cuDNN)
      the pair is 'xla' vs an explicit einsum-softmax-einsum, and the model-level check is skipped.
-  3. blockwise cross-entropy (gpt2jax.losses, what train.loss_block > 0 trains with) against the
-     dense logits' loss on the same parameters and batch: relative difference within CE_RTOL (fp32).
+  3. blockwise and fused cross-entropy (gpt2jax.losses, what train.loss_block > 0 and
+     train.loss_rows > 0 train with) against the dense logits' loss on the same parameters and
+     batch: relative difference within CE_RTOL (fp32).
 Benchmarks (gpt2jax.bench.run): GPT-2 124M at T = 1024 (bf16, cuDNN attention) against the
 transformers reference (bf16 autocast, torch.compile), and GPT-2 1.5B at T = 1024 with scan over
 layers and remat (dots_no_batch), ours only. --cpu_smoke runs both on the tiny config (a 1000-token
@@ -160,7 +161,7 @@ def check_blockwise_loss(base) -> dict:
     import jax.numpy as jnp
 
     from gpt2jax import bench
-    from gpt2jax.losses import blockwise_cross_entropy
+    from gpt2jax.losses import blockwise_cross_entropy, fused_cross_entropy
     from gpt2jax.model import GPT2, cross_entropy, head_weight, init_params
 
     c = _set(base, model__dtype="float32", model__attention="xla")
@@ -175,11 +176,14 @@ def check_blockwise_loss(base) -> dict:
     def both(p):
         dense = cross_entropy(model.apply({"params": p}, x), y)
         h = model.apply({"params": p}, x, return_hidden=True)
-        return dense, blockwise_cross_entropy(h, head_weight(p, m), y, m.vocab_size, block=block)
+        w = head_weight(p, m)
+        fused_grad = jax.value_and_grad(lambda h: fused_cross_entropy(h, w, y, m.vocab_size, rows=256))(h)[0]
+        return dense, blockwise_cross_entropy(h, w, y, m.vocab_size, block=block), fused_grad
 
-    dense, blk = (float(v) for v in both(params))
-    rel = abs(dense - blk) / abs(dense)
-    res = {"dense": dense, "blockwise": blk, "block": block, "rel_diff": rel, "rtol": CE_RTOL}
+    dense, blk, fused = (float(v) for v in both(params))
+    rel = max(abs(dense - blk), abs(dense - fused)) / abs(dense)
+    res = {"dense": dense, "blockwise": blk, "block": block, "fused": fused, "rows": 256, "rel_diff": rel,
+           "rtol": CE_RTOL}
     if not rel <= CE_RTOL:
         raise Mismatch(f"blockwise_loss: {res}")
     return res

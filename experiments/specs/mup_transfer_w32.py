@@ -2,8 +2,8 @@
 256 (8x), 2 layers, 4 heads (so the head size grows with the width), on the quickstart corpus.
 
     python -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
-    python -m experiments.sweep experiments/specs/mup_transfer.py --root=runs/mup_transfer
-    python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
+    python -m experiments.sweep experiments/specs/mup_transfer_w32.py --root=runs/mup_transfer_w32
+    python -m experiments.lr_transfer --root=runs/mup_transfer_w32 --out=experiments/results/mup/w32_256
 
 muP's base width is 32, so at width 32 muP and SP are the same model (one set of runs serves both); at width
 256 muP divides the hidden matrices' init std by sqrt(8) and their Adam learning rate by 8, multiplies the
@@ -13,7 +13,8 @@ first grid (SP at width 256 is past its optimum by then, so its grid stops at 2^
 cosine to lr/10, weight decay 0.1, the whole val split evaluated at the end.
 """
 
-from experiments.sweep import Sweep, grid
+from experiments.specs.mup_transfer import lr_runs
+from experiments.sweep import Sweep
 
 LRS = [2.0**-k for k in range(11, 4, -1)]  # 2^-11 .. 2^-5
 WIDE_LRS = LRS + [2.0**-4, 2.0**-3]  # where the optimum lies at the top of the first grid
@@ -35,16 +36,7 @@ COMMON = {
 }
 
 
-def _lr_runs(prefix, width, parametrization, lrs):
-    runs = grid(prefix, "configs/shakespeare.py", {"optim.lr": lrs},
-                overrides={**COMMON, "model.n_embd": width, "model.parametrization": parametrization},
-                tags={"width": width, "parametrization": parametrization})
-    for r in runs:  # cosine to lr / 10
-        r.overrides["optim.min_lr"] = r.overrides["optim.lr"] / 10
-    return runs
-
-
 def get_sweep():
-    runs = (_lr_runs("base-w32", 32, "sp", WIDE_LRS) + _lr_runs("sp-w256", 256, "sp", LRS)
-            + _lr_runs("mup-w256", 256, "mup", WIDE_LRS))
-    return Sweep(runs=runs, name="mup_transfer")
+    runs = (lr_runs("base-w32", 32, "sp", WIDE_LRS, COMMON) + lr_runs("sp-w256", 256, "sp", LRS, COMMON)
+            + lr_runs("mup-w256", 256, "mup", WIDE_LRS, COMMON))
+    return Sweep(runs=runs, name="mup_transfer_w32")
