@@ -54,25 +54,11 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """optax.clip_by_global_norm's rule (unchanged below max_norm, else scaled to it) as one scalar factor
-    times each gradient: a multiply that XLA fuses into AdamW's moment updates, where optax's
-    select-and-divide is materialised as one more pass over every gradient. Same (empty) state."""
-
-    def update(updates, state, params=None):
-        del params
-        g_norm = optax.tree.norm(updates)
-        scale = jnp.where(g_norm < max_norm, 1.0, max_norm / g_norm)
-        return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
-
-    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
-
-
 def make_optimizer(config) -> optax.GradientTransformation:
     o = config.optim
     parts = []
     if o.grad_clip > 0:
-        parts.append(clip_by_global_norm(o.grad_clip))
+        parts.append(optax.clip_by_global_norm(o.grad_clip))
     parts.append(
         optax.adamw(
             learning_rate=schedule(o, config.train.num_steps),
