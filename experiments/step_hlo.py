@@ -1,11 +1,13 @@
 """Fingerprint of the compiled train step of a config: XLA's optimised HLO with instruction names and source
 metadata stripped, so two checkouts that build the same program print the same hash.
 
-    python experiments/step_hlo.py configs/shakespeare.py [OUT.txt]
+    python experiments/step_hlo.py configs/shakespeare.py [SECTION.KEY=VALUE ...] [--out=OUT.txt]
 
-Used to show that a refactor leaves the default model's program unchanged (run it in both checkouts).
+Used to show that a refactor leaves the default model's program unchanged (run it in both checkouts). Overrides
+are Python literals, e.g. `train.loss_rows=0` (the quickstart config's dense-logits program).
 """
 
+import ast
 import hashlib
 import importlib.util
 import os
@@ -15,7 +17,7 @@ import sys
 sys.path.insert(0, os.getcwd())
 
 
-def normalized_hlo(config_path: str) -> list[str]:
+def normalized_hlo(config_path: str, overrides=()) -> list[str]:
     import jax
     import jax.numpy as jnp
 
@@ -25,6 +27,10 @@ def normalized_hlo(config_path: str) -> list[str]:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config()
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        c[section][field] = ast.literal_eval(value)
     c.train.compile_cache = ""
     tr = Trainer(c)
     params, opt = tr.init_state(0)
@@ -43,8 +49,10 @@ def normalized_hlo(config_path: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    lines = normalized_hlo(sys.argv[1])
+    args = sys.argv[2:]
+    out = [a.removeprefix("--out=") for a in args if a.startswith("--out=")]
+    lines = normalized_hlo(sys.argv[1], [a for a in args if not a.startswith("--out=")])
     print(hashlib.sha256("\n".join(lines).encode()).hexdigest(), f"{len(lines)} instructions")
-    if len(sys.argv) > 2:
-        with open(sys.argv[2], "w") as f:
+    if out:
+        with open(out[0], "w") as f:
             f.write("\n".join(lines) + "\n")
