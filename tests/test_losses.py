@@ -28,39 +28,32 @@ def _dense(h, w, t, mask=None):
     return cross_entropy(logits, t, mask)
 
 
-@pytest.mark.parametrize("block", [128, 300, 1024, 4096])
-def test_matches_dense_values_and_gradients(block):
-    # 300 does not divide 1024: the last block overlaps the one before it.
+def _loss_fn(kind, size, t, mask):
+    if kind == "block":
+        return lambda h, w: blockwise_cross_entropy(h, w, t, VOCAB, mask, block=size)
+    return lambda h, w: fused_cross_entropy(h, w, t, VOCAB, mask, rows=size)
+
+
+# block 300 does not divide 1024: the last vocabulary block overlaps the one before it; rows 100 does not
+# divide the 256 tokens: the last token chunk is padded with weight-0 tokens.
+@pytest.mark.parametrize("kind,size", [("block", 128), ("block", 300), ("block", 1024), ("block", 4096),
+                                       ("fused", 64), ("fused", 100), ("fused", 256), ("fused", 1000)])
+def test_matches_dense_values_and_gradients(kind, size):
     h, w, t = _inputs(pad_value=3.0)
     mask = (jnp.arange(T) % 3 != 0).astype(jnp.float32)[None].repeat(B, 0)
-    blk = lambda h, w: blockwise_cross_entropy(h, w, t, VOCAB, mask, block=block)  # noqa: E731
+    fn = _loss_fn(kind, size, t, mask)
     ref = lambda h, w: _dense(h, w, t, mask)  # noqa: E731
-    (l1, (gh1, gw1)) = jax.value_and_grad(blk, argnums=(0, 1))(h, w)
+    (l1, (gh1, gw1)) = jax.value_and_grad(fn, argnums=(0, 1))(h, w)
     (l0, (gh0, gw0)) = jax.value_and_grad(ref, argnums=(0, 1))(h, w)
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(fn)(h, w), l0, rtol=1e-5)  # the primal (no gradient) path
     np.testing.assert_allclose(gh1, gh0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(gw1, gw0, rtol=1e-4, atol=1e-7)
     # Padded rows: exactly no gradient, though they hold large values.
     assert np.all(np.asarray(gw1[VOCAB:]) == 0.0)
     assert np.any(np.asarray(gw1[:VOCAB]) != 0.0)
-
-
-@pytest.mark.parametrize("rows", [64, 100, 256, 1000])
-def test_fused_matches_dense_values_and_gradients(rows):
-    # 100 does not divide the 256 tokens: the last chunk is padded with weight-0 tokens.
-    h, w, t = _inputs(pad_value=3.0)
-    mask = (jnp.arange(T) % 3 != 0).astype(jnp.float32)[None].repeat(B, 0)
-    fused = lambda h, w: fused_cross_entropy(h, w, t, VOCAB, mask, rows=rows)  # noqa: E731
-    ref = lambda h, w: _dense(h, w, t, mask)  # noqa: E731
-    (l1, (gh1, gw1)) = jax.value_and_grad(fused, argnums=(0, 1))(h, w)
-    (l0, (gh0, gw0)) = jax.value_and_grad(ref, argnums=(0, 1))(h, w)
-    np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    np.testing.assert_allclose(jax.jit(fused)(h, w), l0, rtol=1e-5)  # the primal (no gradient) path
-    np.testing.assert_allclose(gh1, gh0, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(gw1, gw0, rtol=1e-4, atol=1e-7)
-    assert np.all(np.asarray(gw1[VOCAB:]) == 0.0) and np.any(np.asarray(gw1[:VOCAB]) != 0.0)
-    # the cotangent scales both gradients (the forward pass formed them for a cotangent of 1)
-    g2 = jax.grad(lambda h, w: 2.5 * fused(h, w), argnums=(0, 1))(h, w)
+    # A scaled cotangent scales both gradients (the fused loss forms them for a cotangent of 1).
+    g2 = jax.grad(lambda h, w: 2.5 * fn(h, w), argnums=(0, 1))(h, w)
     np.testing.assert_allclose(g2[1], 2.5 * gw0, rtol=1e-4, atol=1e-7)
 
 
