@@ -11,8 +11,9 @@ the logits by 1/8 and scales attention by sqrt(K0)/K (gpt2jax/model.py ParamSpec
 8 x 64 tokens (128,000 tokens), 25 warmup steps, cosine to lr/10, weight decay 0.1, val loss on the first
 40 x 512 tokens of the val split at the end. Learning rates are powers of 2: the base width over
 2^-11 .. 2^-3, muP at width 512 over 2^-8 .. 2^-3 and SP at width 512 over 2^-13 .. 2^-9 (where their optima
-lay in the earlier width-32 -> 256 sweep, experiments/results/mup/w32_256/). The wide runs take ~3.5 min
-each on 2 cores, the whole sweep ~50 min.
+lay in the earlier width-32 -> 256 sweep, experiments/results/mup/w32_256/); then a second seed
+(`train.seed=1`: another init and data order) at 2^-9 .. 2^-5 for the base width and 2^-8 .. 2^-5 for muP at
+width 512. The wide runs take ~3.5 min each on 2 cores, the whole sweep ~70 min.
 
 The earlier sweep (base width 32, experiments/specs/mup_transfer_w32.py) found the curves too flat at the top
 to place an optimum within one grid step; this one uses a wider base (head size 16 instead of 8), more steps,
@@ -59,4 +60,8 @@ def get_sweep():
     runs = (lr_runs(f"base-w{BASE}", BASE, "sp", _pow2(-11, -3))
             + lr_runs(f"mup-w{WIDE}", WIDE, "mup", _pow2(-8, -3))
             + lr_runs(f"sp-w{WIDE}", WIDE, "sp", _pow2(-13, -9)))
+    # A second seed (init and data order) around the two optima muP compares: lr_transfer averages it in.
+    seed1 = {**COMMON, "train.seed": 1}
+    runs += (lr_runs(f"s1-base-w{BASE}", BASE, "sp", _pow2(-9, -5), seed1)
+             + lr_runs(f"s1-mup-w{WIDE}", WIDE, "mup", _pow2(-8, -5), seed1))
     return Sweep(runs=runs, name="mup_transfer")
