@@ -168,11 +168,11 @@ def _chunks(h_ND, t_N, m_N, rows: int):
     if pad:  # padded tokens carry weight 0
         h_ND = jnp.pad(h_ND, ((0, pad), (0, 0)))
         t_N, m_N = jnp.pad(t_N, (0, pad)), jnp.pad(m_N, (0, pad))
-    return h_ND.reshape(n, rows, D), t_N.reshape(n, rows), m_N.reshape(n, rows), pad
+    return h_ND.reshape(n, rows, D), t_N.reshape(n, rows), m_N.reshape(n, rows)
 
 
 def _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int):
-    hs, ts, ms, _ = _chunks(h_ND, t_N, m_N, rows)
+    hs, ts, ms = _chunks(h_ND, t_N, m_N, rows)
 
     def body(acc, c):
         h, t, m = c
@@ -190,7 +190,7 @@ def _fused(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int):
 
 def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
     N, D = h_ND.shape
-    hs, ts, ms, _ = _chunks(h_ND, t_N, m_N, rows)
+    hs, ts, ms = _chunks(h_ND, t_N, m_N, rows)
     cdt = h_ND.dtype
 
     def body(carry, c):
