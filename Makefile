@@ -33,4 +33,4 @@ quickstart: env
 	$(PY) -m gpt2jax.sample --workdir=$(WORKDIR) --prompt="$(PROMPT)" --max_new_tokens=$(SAMPLE_TOKENS)
 
 test: env-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -204,6 +204,22 @@ class Checkpointer:
         self.manager.reload()
         return str(dest)
 
+    def pinned(self, step: int | None, read):
+        """`read(step)` on the given step, or on the latest one. A reader of a live run can lose the
+        latest step to the writer's clean-up (only `keep` are kept) between listing and reading it; then
+        the new latest is read instead. A failure on a step that is still there and still the latest raises."""
+        if step is not None:
+            return read(self._step(step))
+        for attempt in range(5):
+            s = self._step(None)
+            try:
+                return read(s)
+            except Exception:
+                self.manager.reload()
+                still_latest = (self.directory / str(s)).exists() and self.latest_step() == s
+                if attempt == 4 or still_latest:
+                    raise
+
     def _step(self, step):
         if step is None:
             step = self.latest_step()
@@ -321,7 +337,7 @@ def save_params(workdir, config, params, step: int = 0) -> epath.Path:
 def load_config(path, step: int | None = None):
     """The config stored with a checkpoint."""
     ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
-    return config_lib.from_dict(ck.read_meta(step)["config"])
+    return config_lib.from_dict(ck.pinned(step, ck.read_meta)["config"])
 
 
 def load_params(path, step: int | None = None, shardings=None, model_config=None):
@@ -330,13 +346,13 @@ def load_params(path, step: int | None = None, shardings=None, model_config=None
     from gpt2jax.model import abstract_params  # local import: model never depends on this module
 
     ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
-    meta = ck.read_meta(step)
-    config = config_lib.from_dict(meta["config"])
-    mcfg = model_config or config.model
-    shapes = abstract_params(mcfg)
-    if shardings is None:
+
+    def read(step):
+        config = config_lib.from_dict(ck.read_meta(step)["config"])
+        shapes = abstract_params(model_config or config.model)
         dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: dev, shapes)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    params, _, _ = ck.restore(step, abstract)
-    return config, params
+        placed = shardings if shardings is not None else jax.tree.map(lambda _: dev, shapes)
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, placed)
+        return config, ck.restore(step, abstract)[0]
+
+    return ck.pinned(step, read)

@@ -71,6 +71,35 @@ def test_keeps_the_latest_n_plus_every_kth(tmp_path):
     assert ckpt_lib.Checkpointer(tmp_path, read_only=True).all_steps() == [10, 11]
 
 
+def test_reader_of_a_live_run_reads_the_new_latest_when_its_step_is_cleaned_up(tmp_path):
+    """The writer keeps 2; between a reader's listing and its read, the writer saves twice more and
+    deletes the step the reader chose. The reader reads the new latest instead of failing; a step
+    that is still there and still the latest but unreadable is an error, not a retry."""
+    writer = ckpt_lib.Checkpointer(tmp_path, keep=2, async_save=False)
+    x = lambda s: {"w": jnp.full((4,), float(s))}
+    for s in (1, 2):
+        writer.save(s, x(s), None, {"step": s}, force=True)
+    reader = ckpt_lib.Checkpointer(tmp_path, read_only=True)
+    abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    tried = []
+
+    def read(step):
+        tried.append(step)
+        if len(tried) == 1:  # the writer moves on while this reader is starting up
+            for s in (3, 4):
+                writer.save(s, x(s), None, {"step": s}, force=True)
+            assert not (tmp_path / "checkpoints" / str(step)).exists()
+        return reader.restore(step, abstract)[0]
+
+    out = reader.pinned(None, read)
+    assert tried == [2, 4] and float(out["w"][0]) == 4.0
+    writer.close()
+    (tmp_path / "checkpoints" / "4" / "params").rename(tmp_path / "moved")  # latest, present, unreadable
+    reader.manager.reload()
+    with pytest.raises(ckpt_lib.CorruptCheckpointError, match="/4"):
+        reader.pinned(None, lambda step: reader.restore(step, abstract))
+
+
 # -- restore onto another mesh --------------------------------------------------------------------
 def test_restore_fsdp8_checkpoint_on_one_device_and_2x2x2_bitwise(shakespeare_dir, cache_dir, tmp_path):
     c8 = cfg(shakespeare_dir, cache_dir, mesh__data=1, mesh__fsdp=8)
