@@ -335,6 +335,26 @@ def power_law_predict(p: dict, x):
     return p["E"] + np.exp(p["alpha"] * (p["log_x_c"] - np.log(x)))
 
 
+def _power_law_bootstrap(n: int, resample, fixed_e0: bool, x0, n_boot: int, seed: int, progress):
+    """95% intervals of a power law refit on `n_boot` resamples of n items: `resample(idx)` gives
+    (log x, log L, weights or None) to refit, or None for a resample that cannot determine the law
+    (not counted). Returns (intervals incl. x_c, number of resamples used)."""
+    keys = ["alpha", "log_x_c"] + ([] if fixed_e0 else ["E"])
+
+    def refit(idx):
+        data = resample(idx)
+        t = None if data is None else _power_law_theta(data[0], data[1], fixed_e0, x0=x0, weights=data[2])
+        if t is None:
+            return [math.nan] * len(keys)
+        p = power_law_params(t, fixed_e0)
+        return [p[k] for k in keys]
+
+    samples = _bootstrap(n, refit, n_boot, seed, progress=progress)
+    ci = _intervals(samples, keys)
+    ci["x_c"] = [math.exp(v) if v < 700 else math.inf for v in ci["log_x_c"]]
+    return ci, _used(samples)
+
+
 def fit_power_law(x, loss, fixed_e0: bool = False, n_boot: int = 200, seed: int = 0, progress=None):
     """L(x) = E + (x_c/x)^alpha by least squares in log L; 95% bootstrap intervals over points."""
     x, loss = np.asarray(x, np.float64), np.asarray(loss, np.float64)
@@ -347,21 +367,13 @@ def fit_power_law(x, loss, fixed_e0: bool = False, n_boot: int = 200, seed: int 
     if theta is None or not np.all(np.isfinite(theta)):
         return {"skipped": "the least-squares fit did not converge"}
     point = power_law_params(theta, fixed_e0)
-    keys = ["alpha", "log_x_c"] + ([] if fixed_e0 else ["E"])
 
-    def refit(idx):
+    def resample(idx):
         w = np.bincount(idx, minlength=len(x)).astype(np.float64)
-        if distinct(x[w > 0]) < need:  # a resample that cannot determine the law: not counted
-            return [math.nan] * len(keys)
-        t = _power_law_theta(lx, ll, fixed_e0, x0=theta, weights=w)
-        if t is None:
-            return [math.nan] * len(keys)
-        p = power_law_params(t, fixed_e0)
-        return [p[k] for k in keys]
+        # a resample that cannot determine the law is not counted
+        return (lx, ll, w) if distinct(x[w > 0]) >= need else None
 
-    samples = _bootstrap(len(x), refit, n_boot, seed, progress=progress)
-    ci = _intervals(samples, keys)
-    ci["x_c"] = [math.exp(v) if v < 700 else math.inf for v in ci["log_x_c"]]
+    ci, used = _power_law_bootstrap(len(x), resample, fixed_e0, theta, n_boot, seed, progress)
     pred = power_law_predict(point, x)
     return {
         "law": "L = (x_c / x)^alpha" if fixed_e0 else "L = E + (x_c / x)^alpha",
@@ -370,7 +382,7 @@ def fit_power_law(x, loss, fixed_e0: bool = False, n_boot: int = 200, seed: int 
         "ci95": ci,
         "n_points": int(len(x)),
         "n_boot": int(n_boot),
-        "n_boot_used": _used(samples),
+        "n_boot_used": used,
         "rmse_log": float(np.sqrt(np.mean((np.log(pred) - ll) ** 2))),
     }
 
@@ -423,25 +435,16 @@ def fit_frontier(curves, fixed_e0: bool = True, n_boot: int = 200, seed: int = 0
     base = fit_power_law(grid, env, fixed_e0=fixed_e0, n_boot=0)
     if "skipped" in base:
         return {"skipped": "envelope: " + base["skipped"]}
-    keys = ["alpha", "log_x_c"] + ([] if fixed_e0 else ["E"])
     theta0 = [base["log_x_c"], base["alpha"]] + ([] if fixed_e0 else [math.log(max(base["E"], 1e-300))])
 
-    def refit(idx):
+    def resample(idx):
         if len(set(idx.tolist())) < 2:
-            return [math.nan] * len(keys)
+            return None
         g, e, _ = envelope([curves[i] for i in idx], num)
-        if distinct(g) < (3 if fixed_e0 else 4):
-            return [math.nan] * len(keys)
-        t = _power_law_theta(np.log(g), np.log(e), fixed_e0, x0=theta0)
-        if t is None:
-            return [math.nan] * len(keys)
-        p = power_law_params(t, fixed_e0)
-        return [p[k] for k in keys]
+        return (np.log(g), np.log(e), None) if distinct(g) >= (3 if fixed_e0 else 4) else None
 
-    samples = _bootstrap(len(curves), refit, n_boot, seed, progress=progress)
-    ci = _intervals(samples, keys)
-    ci["x_c"] = [math.exp(v) if v < 700 else math.inf for v in ci["log_x_c"]]
-    base.update(ci95=ci, n_boot=int(n_boot), n_boot_used=_used(samples), n_runs=len(curves),
+    ci, used = _power_law_bootstrap(len(curves), resample, fixed_e0, theta0, n_boot, seed, progress)
+    base.update(ci95=ci, n_boot=int(n_boot), n_boot_used=used, n_runs=len(curves),
                 envelope={"flops": grid.tolist(), "loss": env.tolist(), "run": who.tolist()})
     base["law"] = base["law"].replace("x", "C")
     base["C_c"] = base.pop("x_c")
