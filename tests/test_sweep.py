@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from experiments import launchers
 from experiments import sweep as sw
 from gpt2jax.model import num_params
 
@@ -206,7 +207,7 @@ def test_dry_run_slurm_sbatch_file(tmp_path, capsys):
     assert sw.run_sweep(spec, str(root), "slurm", dry_run=True) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == f"$ sbatch {root / 'sweep.sbatch'}"
-    script = sw.sbatch_script(sw.plan(sw.load_spec(spec), spec), sw.load_spec(spec).slurm, str(root), "two")
+    script = launchers.sbatch_script(sw.plan(sw.load_spec(spec), spec), sw.load_spec(spec).slurm, str(root), "two")
     assert script in out
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
