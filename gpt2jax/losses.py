@@ -204,15 +204,33 @@ def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
         nll = lse - jnp.take_along_axis(s, t[:, None], axis=-1)[:, 0]
         # (softmax - onehot) * weight, in one elementwise pass over the chunk's logits
         g = (e / z - (col[None, :] == t[:, None]).astype(jnp.float32)) * m[:, None]
-        g = g.astype(cdt)
-        dh = jnp.dot(g, w_VD.astype(cdt), preferred_element_type=jnp.float32)
-        dw = dw + jax.lax.dot_general(g, h, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        gc = g.astype(cdt)
+        dh = jnp.dot(gc, w_VD.astype(cdt), preferred_element_type=jnp.float32)
+        if transposed:
+            dw = dw + jnp.dot(_transposed_copy(h).astype(cdt), gc, preferred_element_type=jnp.float32)
+        else:
+            dw = dw + jax.lax.dot_general(gc, h, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         return (loss + jnp.sum(nll * m), dw), dh
 
-    init = (jnp.zeros((), jnp.float32), jnp.zeros(w_VD.shape, jnp.float32))
+    # Below fp32, dw is accumulated transposed ([D, V] = h^T g, see _transposed_copy) and turned
+    # round once after the loop; the barrier keeps XLA from folding that transpose back into the dot.
+    transposed = cdt != jnp.float32
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((D, w_VD.shape[0]) if transposed else w_VD.shape, jnp.float32))
     (loss, dw), dh = jax.lax.scan(body, init, (hs, ts, ms))
+    if transposed:
+        dw = jax.lax.optimization_barrier(dw).T
     dh = dh.reshape(-1, D)[:N]
     return loss, (dh.astype(h_ND.dtype), dw.astype(w_VD.dtype))
+
+
+def _transposed_copy(x_RD):
+    """x^T as a fresh row-major [D, R] array, made by a (tiny, exact) matmul with the identity: a plain
+    transpose would be folded into the next dot as `contract over the leading axis`, a form XLA:CPU runs
+    in bf16 by converting both operands to fp32 (dw = g^T h took 118 ms there against 50 ms as h^T @ g
+    with h^T materialised; `experiments/matmul_rates.py`)."""
+    eye = jnp.eye(x_RD.shape[1], dtype=jnp.float32)
+    return jax.lax.dot_general(eye, x_RD.astype(jnp.float32), (((1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
 
 
 def _fused_bwd(vocab_size, rows, res, g):

@@ -76,6 +76,25 @@ def test_bf16_hidden_states_close_to_fp32():
     np.testing.assert_allclose(float(l16), float(l32), rtol=2e-2)
 
 
+@pytest.mark.parametrize("rows", [64, 256])  # 4 chunks; 1 chunk (XLA drops a 1-trip loop)
+def test_fused_bf16_matches_dense_on_the_rounded_inputs(rows):
+    """Below fp32 the fused loss accumulates dw transposed (a different dot layout): values and both
+    gradients equal the fp32 dense loss of the bf16-rounded h and w, to bf16 precision of the softmax
+    gradient; padded rows still get exactly zero."""
+    h, w, t = _inputs(pad_value=3.0)
+    h16 = h.astype(jnp.bfloat16)
+    fn = jax.jit(jax.value_and_grad(lambda h, w: fused_cross_entropy(h, w, t, VOCAB, rows=rows), argnums=(0, 1)))
+    l1, (gh1, gw1) = fn(h16, w)
+    l0, (gh0, gw0) = jax.value_and_grad(lambda h, w: _dense(h, w, t), argnums=(0, 1))(
+        h16.astype(jnp.float32), w.astype(jnp.bfloat16).astype(jnp.float32))
+    assert gh1.dtype == jnp.bfloat16 and gw1.dtype == jnp.float32 and gw1.shape == w.shape
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for got, ref in ((gh1, gh0), (gw1, gw0)):
+        ref = np.asarray(ref)
+        np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=0, atol=1e-2 * np.abs(ref).max())
+    assert np.all(np.asarray(gw1[VOCAB:]) == 0.0)
+
+
 def test_no_full_logits_buffer():
     """The compiled forward+backward holds no [B*T, V] (or [B, T, V]) fp32 array and needs less
     scratch memory than one; the dense version does both (so the check can fail)."""

@@ -59,6 +59,7 @@ def get_sweep():
             "model.scan_layers": False,
             "data.dir": "data/shakespeare",
             "train.loss_rows": 0,  # dense logits, as these results were trained (the quickstart uses the fused loss)
+            "model.dtype": "float32",  # fp32 matmuls, as these results were trained (the quickstart uses bf16)
         },
     )
     return Sweep(runs=runs, name="cpu_ladder")

@@ -39,6 +39,7 @@ COMMON = {
     "checkpoint.keep": 1,
     "data.dir": "data/shakespeare",
     "train.loss_rows": 0,  # dense logits, as these results were trained (the quickstart uses the fused loss)
+    "model.dtype": "float32",  # fp32 matmuls, as these results were trained (the quickstart uses bf16)
 }
 
 
