@@ -30,7 +30,10 @@ def normalized_hlo(config_path: str, overrides=()) -> list[str]:
     for item in overrides:
         key, value = item.split("=", 1)
         section, field = key.split(".", 1)
-        c[section][field] = ast.literal_eval(value)
+        try:
+            c[section][field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):  # a bare word: a string (model.dtype=float32)
+            c[section][field] = value
     c.train.compile_cache = ""
     tr = Trainer(c)
     params, opt = tr.init_state(0)
