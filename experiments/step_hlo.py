@@ -4,12 +4,10 @@ metadata stripped, so two checkouts that build the same program print the same h
     python experiments/step_hlo.py configs/shakespeare.py [SECTION.KEY=VALUE ...] [--out=OUT.txt]
 
 Used to show that a refactor leaves the default model's program unchanged (run it in both checkouts). Overrides
-are Python literals, e.g. `train.loss_rows=0` (the quickstart config's dense-logits program).
+are parsed to each field's type as `--config.a.b=v` would be, e.g. `train.loss_rows=0 model.dtype=float32`.
 """
 
-import ast
 import hashlib
-import importlib.util
 import os
 import re
 import sys
@@ -23,17 +21,10 @@ def normalized_hlo(config_path: str, overrides=()) -> list[str]:
 
     from gpt2jax.train import Trainer
 
-    spec = importlib.util.spec_from_file_location("cfg", config_path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        try:
-            c[section][field] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):  # a bare word: a string (model.dtype=float32)
-            c[section][field] = value
+    from experiments.sweep import apply_overrides, load_config
+
+    # the same loading and typed overrides as a sweep's runs (`--config.a.b=v` semantics)
+    c = apply_overrides(load_config(config_path), dict(item.split("=", 1) for item in overrides), "step_hlo")
     c.train.compile_cache = ""
     tr = Trainer(c)
     params, opt = tr.init_state(0)
