@@ -192,6 +192,9 @@ def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
     N, D = h_ND.shape
     hs, ts, ms = _chunks(h_ND, t_N, m_N, rows)
     cdt = h_ND.dtype
+    # Below fp32, dw is accumulated transposed ([D, V] = h^T g, see _transposed_copy) and turned
+    # round once after the loop; the barrier keeps XLA from folding that transpose back into the dot.
+    transposed = cdt != jnp.float32
 
     def body(carry, c):
         loss, dw = carry
@@ -212,9 +215,6 @@ def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
             dw = dw + jax.lax.dot_general(gc, h, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         return (loss + jnp.sum(nll * m), dw), dh
 
-    # Below fp32, dw is accumulated transposed ([D, V] = h^T g, see _transposed_copy) and turned
-    # round once after the loop; the barrier keeps XLA from folding that transpose back into the dot.
-    transposed = cdt != jnp.float32
     init = (jnp.zeros((), jnp.float32), jnp.zeros((D, w_VD.shape[0]) if transposed else w_VD.shape, jnp.float32))
     (loss, dw), dh = jax.lax.scan(body, init, (hs, ts, ms))
     if transposed:
