@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
             n_head=12,
             n_embd=768,
             block_size=1024,  # context length (rows of the position table)
-            vocab_size=50257,  # the real GPT-2 vocabulary
+            vocab_size=50257,  # the real GPT-2 vocabulary; 0 = the dataset's (data.dir's meta.json), set by train
             vocab_multiple=128,  # the embedding table is padded to a multiple of this
             dropout=0.0,
             dtype="float32",  # compute dtype; parameters keep param_dtype
@@ -184,7 +184,8 @@ def validate(config) -> None:
             if isinstance(v, float):
                 _check(math.isfinite(v), f"{section}.{k}", f"must be a finite number, got {v}")
     for f in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "vocab_multiple"):
-        _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", f"must be a positive int, got {m[f]!r}")
+        hint = " (0, the dataset's vocabulary, is resolved by train only)" if f == "vocab_size" and m[f] == 0 else ""
+        _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", f"must be a positive int, got {m[f]!r}{hint}")
     _check(
         m.n_embd % m.n_head == 0,
         "model.n_embd",

@@ -265,6 +265,63 @@ def _check_resume_config(saved: dict, config) -> None:
         )
 
 
+def resolve_vocab(config) -> None:
+    """model.vocab_size=0 takes the dataset's vocabulary (its meta.json); any other value must equal it, for
+    data that records its tokenizer. ConfigError naming both numbers, before anything compiles."""
+    vocab, rec = loader.dataset_vocab(config.data.dir)
+    m = config.model
+    if m.vocab_size == 0:
+        if vocab is None:
+            raise config_lib.ConfigError(
+                f"config.model.vocab_size: 0 takes the dataset's vocabulary, but {config.data.dir}/meta.json "
+                "records none (missing, or prepared by an older version): set model.vocab_size")
+        m.vocab_size = vocab
+    elif vocab is not None and m.vocab_size != vocab:
+        raise config_lib.ConfigError(
+            f"config.model.vocab_size: {m.vocab_size} is not the vocabulary of the data in {config.data.dir} "
+            f"({vocab}, tokenizer {rec.get('name')}): set model.vocab_size={vocab}, or 0 for the dataset's")
+
+
+def bits_per_byte(loss_nats: float | None, tokens: int, num_bytes: int | None) -> float | None:
+    """Bits per UTF-8 byte from a mean loss in nats per token over a split of `tokens` tokens that stand
+    for `num_bytes` bytes: loss * tokens / bytes / ln 2 (comparable across vocabularies)."""
+    if loss_nats is None or not num_bytes:
+        return None
+    return float(loss_nats) * tokens / num_bytes / float(np.log(2))
+
+
+def _split_bytes(ds, record) -> int | None:
+    """The split's UTF-8 bytes: meta.json's count; for local GPT-2 data prepared before it was kept, counted
+    from the file with GPT-2's token lengths."""
+    if ds.bytes is not None:
+        return int(ds.bytes)
+    if record or ds.tokens is None:
+        return None
+    from gpt2jax.data.prepare import split_bytes
+    from gpt2jax.tokenizer import get_tokenizer
+
+    try:
+        return split_bytes(str(ds.bin_path), get_tokenizer().byte_lengths())
+    except IndexError:  # ids beyond GPT-2's (hand-made data): no byte count
+        return None
+
+
+def _copy_tokenizer_file(record, data_dir: str, workdir: str) -> None:
+    """A BPE dataset's tokenizer.json, copied into the workdir (atomically) so that the run's tools read it
+    without the data."""
+    import shutil
+
+    name = (record or {}).get("file")
+    if not name:
+        return
+    src, dst = os.path.join(str(data_dir), name), os.path.join(workdir, name)
+    if os.path.exists(dst):
+        return
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 class NonFiniteError(FloatingPointError):
     """A non-finite loss or gradient with train.nonfinite='stop'. `step` is the bad update's step."""
 
@@ -434,6 +491,10 @@ class Loop:
         self.train_ds = loader.TokenDataset(config.data.dir, "train", self.T, vocab, min_batch=self.B)
         self.val_ds = loader.TokenDataset(config.data.dir, "val", self.T, vocab)
         self.data = loader.data_identity(self.train_ds, self.val_ds)  # in run.json and every checkpoint
+        # The run's tokenizer (sample, evaluate and detect encode with it): the dataset's record; a BPE's
+        # file is copied into the workdir so the run stands alone. None: GPT-2's (data without a record).
+        self.tokenizer = loader.dataset_vocab(config.data.dir)[1]
+        self.val_bytes = _split_bytes(self.val_ds, self.tokenizer)
         self.is_main = jax.process_index() == 0
         self.multi_process = jax.process_count() > 1
         ck = config.checkpoint
@@ -457,10 +518,11 @@ class Loop:
                 print(f"initialised parameters from {config.train.init_from}", flush=True)
             else:
                 self.params, self.opt_state = self.trainer.init_state(config.train.seed)
-        self.info = {**run_info(config, self.params), "data": self.data}
+        self.info = {**run_info(config, self.params), "data": self.data, "tokenizer": self.tokenizer}
         # W&B (train.wandb.project, process 0): reads a previous W&B run id from run.json, adds info['wandb']
         wandb_writer = wandb_log.start(config, self.workdir, self.info, is_main=self.is_main)
         if self.is_main:
+            _copy_tokenizer_file(self.tokenizer, config.data.dir, self.workdir)
             write_json_atomic(os.path.join(self.workdir, "run.json"), self.info)
             # Rows of steps after the restored one (written before a crash) are redone: drop them.
             _truncate_metrics(os.path.join(self.workdir, "metrics.jsonl"), self.start)
@@ -475,7 +537,7 @@ class Loop:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, initial=self.start, desc="train", unit="step", dynamic_ncols=True)
-        self.val_loss, self.out, self.profiling = None, None, False
+        self.val_loss, self.val_bpb, self.out, self.profiling = None, None, None, False
         self.losses: list = []  # device scalars since the last log row
         self.pending: list = []  # (step, outputs) of updates not yet checked for finiteness
         self.t0 = self.last_log_t = time.perf_counter()
@@ -541,6 +603,7 @@ class Loop:
             rng={"seed": seed, "next_step": self.step},
             skipped_steps=self.skipped,
             data=self.data,
+            tokenizer=self.tokenizer,
         )
         self.ckpt.save(self.step, self.params, self.opt_state, meta, force=True)
 
@@ -573,6 +636,7 @@ class Loop:
         return {
             "step": self.step,
             "val_loss": self.val_loss,
+            "val_bpb": self.val_bpb,
             "train_seconds": time.perf_counter() - self.t0,
             "stopped_early": self.step < self.total,
             "resumed_from": self.start,
@@ -616,8 +680,13 @@ def evaluate_val(loop: Loop) -> None:
         loop.print(f"step {loop.step}: validation interrupted by the stop request; not logged")
         return
     loop.val_loss = val_loss
-    loop.writer.write({"step": loop.step, "val_loss": loop.val_loss})
-    loop.print(f"step {loop.step}: val_loss {loop.val_loss:.4f}")
+    loop.val_bpb = bits_per_byte(val_loss, loop.val_ds.num_tokens, loop.val_bytes)
+    row = {"step": loop.step, "val_loss": loop.val_loss}
+    if loop.val_bpb is not None:
+        row["val_bpb"] = loop.val_bpb
+    loop.writer.write(row)
+    bpb = "" if loop.val_bpb is None else f" ({loop.val_bpb:.4f} bits/byte)"
+    loop.print(f"step {loop.step}: val_loss {loop.val_loss:.4f}{bpb}")
 
 
 def evaluate_tasks(loop: Loop) -> dict | None:
@@ -675,6 +744,7 @@ def train(config, workdir: str, *, progress: bool = True, hooks=()) -> dict:
     """Train (or resume) a run in `workdir`: the default hooks (log, eval, zero-shot tasks, checkpoint,
     profile) and then `hooks` after each step. Returns a summary: final step, val loss, timing.
     One writer per workdir: the run holds gpt2jax.lock's lock on it (and on checkpoint.dir)."""
+    resolve_vocab(config)
     config_lib.validate(config)
     dirs = [os.path.expanduser(workdir), config.checkpoint.dir or os.path.expanduser(workdir)]
     with WorkdirLock(dirs, enabled=jax.process_index() == 0):
@@ -712,7 +782,8 @@ def main(argv, fv):
         print(distributed.describe(), flush=True)
     summary = train(fv.config, fv.workdir)
     if summary["val_loss"] is not None:
-        print(f"final val_loss {summary['val_loss']:.4f} at step {summary['step']}", flush=True)
+        bpb = "" if summary["val_bpb"] is None else f" ({summary['val_bpb']:.4f} bits/byte)"
+        print(f"final val_loss {summary['val_loss']:.4f} at step {summary['step']}{bpb}", flush=True)
 
 
 def define_flags(fv) -> None:

@@ -83,6 +83,7 @@ class TokenDataset:
                             f"seq_len + 1 = {self.seq_len + 1} (one sequence)")
         self.bin_path = bin_path
         self.sha256 = info.get("sha256")
+        self.bytes = info.get("bytes")  # UTF-8 bytes the split stands for (None: prepared before it was kept)
         # Local: the whole file memory-mapped. Remote: None; windows() reads byte ranges.
         self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if self._fs is None else None
         self.num_windows = (self.num_tokens - 1) // self.seq_len
@@ -117,8 +118,8 @@ class TokenDataset:
             r, c = np.argwhere(out >= self.vocab_size)[0]
             off = int(starts[r]) + int(c)
             raise DataError(f"{self.bin_path}: token id {out[r, c]} at token offset {off} (byte {2 * off}) "
-                            f"is >= vocab_size {self.vocab_size}: the file does not hold GPT-2 tokens "
-                            "as its meta.json says; prepare the data again")
+                            f"is >= vocab_size {self.vocab_size}: the file does not hold the tokens "
+                            "its meta.json says; prepare the data again")
         return out
 
     def identity(self, hash_missing: bool = True) -> dict:
@@ -198,6 +199,18 @@ def num_eval_batches(ds: TokenDataset, global_batch: int) -> int:
 
 
 # -- what a run records of its data ------------------------------------------------------------
+def dataset_vocab(data_dir: str) -> tuple[int | None, dict | None]:
+    """(vocab_size, tokenizer record) a prepared dataset's meta.json states; (None, None) for data written
+    without a tokenizer record (before the small vocabularies, or by hand), whose vocabulary is not checked."""
+    try:
+        with open(os.path.join(str(data_dir), "meta.json")) as f:
+            meta = json.load(f)
+        rec = meta.get("tokenizer_record")
+        return (int(meta["vocab_size"]), rec) if isinstance(rec, dict) else (None, None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None  # TokenDataset reports unreadable data with its own message
+
+
 def data_identity(*datasets: TokenDataset) -> dict:
     """{"dir": ..., split: {file, tokens, sha256}} for run.json and every checkpoint's meta. For data
     prepared before meta.json held hashes they are computed from the files, with one warning."""

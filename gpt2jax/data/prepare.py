@@ -1,7 +1,8 @@
 """Tokenize a document source into ``train.bin`` / ``val.bin`` / ``meta.json``.
 
-The .bin files are flat little-endian uint16 GPT-2 token ids; every document is
-followed by EOT (50256). Documents are streamed: read in order, tokenized in
+The .bin files are flat little-endian uint16 token ids (GPT-2's BPE by default; `tokenizer='bytes'` or
+'bpe:N' for the small vocabularies of gpt2jax/tokenizer.py); every document is followed by the
+tokenizer's end-of-text id (50256 for GPT-2's). Documents are streamed: read in order, tokenized in
 chunks by ``num_workers`` threads (tiktoken releases the GIL) with a bounded
 number of chunks in flight, and appended to the split files.
 
@@ -46,12 +47,16 @@ from tqdm import tqdm
 
 from gpt2jax.data.sources import DEFAULT_SOURCE, DataError, iter_documents
 from gpt2jax.fileio import sha256_file, write_json_atomic
-from gpt2jax.tokenizer import EOT, N_VOCAB, get_tokenizer
+from gpt2jax import tokenizer as tok_lib
+from gpt2jax.tokenizer import get_tokenizer
 
 FORMAT_VERSION = 1
 DTYPE = np.uint16
 SPLITS = ("train", "val")
-FILES = ("train.bin", "val.bin", "meta.json")
+FILES = ("train.bin", "val.bin", "meta.json", tok_lib.BPE_FILE)  # tokenizer.json: a bpe:N dataset's BPE
+# A trained BPE never sees val text: with a tail split it trains on the first (1 - BPE_TAIL_MARGIN * f)
+# of the corpus's UTF-8 bytes (val is the last f of the tokens, checked after encoding)
+BPE_TAIL_MARGIN = 1.5
 
 
 @functools.lru_cache(maxsize=8)
@@ -92,26 +97,25 @@ def _first_documents(docs: Iterable[str], n: int) -> Iterator[str]:
             return
 
 
-def _encode_chunk(docs: list[str]) -> list[np.ndarray]:
-    tok = get_tokenizer()
+def _encode_chunk(tok, docs: list[str]) -> list[np.ndarray]:
     out = []
     for doc in docs:
         ids = tok.encode_np(doc)
         arr = np.empty(len(ids) + 1, DTYPE)
-        arr[:-1] = ids  # all ids < 50257 < 2**16
-        arr[-1] = EOT
+        arr[:-1] = ids  # every tokenizer's ids are < 65536 (parse_tokenizer_name checks bpe:N)
+        arr[-1] = tok.eot_token
         out.append(arr)
     return out
 
 
-def _tokenized(docs: Iterable[str], num_workers: int, chunk_chars: int, stats: dict
+def _tokenized(docs: Iterable[str], num_workers: int, chunk_chars: int, stats: dict, tok=None
                ) -> Iterator[np.ndarray]:
     """Token arrays (EOT appended) of the non-empty documents, in order."""
-    get_tokenizer()  # build once, before the threads need it
+    tok = tok or get_tokenizer()  # built once, before the threads need it
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
         pending = deque()
         for chunk in _chunks(docs, chunk_chars, stats):
-            pending.append(pool.submit(_encode_chunk, chunk))
+            pending.append(pool.submit(_encode_chunk, tok, chunk))
             if len(pending) > 2 * num_workers:
                 yield from pending.popleft().result()
         while pending:
@@ -133,12 +137,53 @@ def _move_tail_to_val(files: dict, counts: dict, val_fraction: float) -> None:
     del head
 
 
+def split_bytes(path: str, lengths: np.ndarray, chunk: int = 1 << 24) -> int:
+    """UTF-8 bytes the tokens of a .bin file stand for (`lengths[id]` each; the end-of-text id counts 0)."""
+    tokens = np.memmap(path, DTYPE, mode="r") if os.path.getsize(path) else np.zeros(0, DTYPE)
+    total = 0
+    for i in range(0, len(tokens), chunk):
+        total += int(lengths[np.asarray(tokens[i:i + chunk])].sum())
+    return total
+
+
+def _bpe_training_texts(documents, split: str, val_fraction: float):
+    """(texts, bytes): the train split's text for training a BPE, and its size in UTF-8 bytes. By documents:
+    the documents that will go to train (when at least one goes to val); otherwise (a tail split, or too
+    few documents for one in val) the corpus's first (1 - BPE_TAIL_MARGIN * val_fraction) of the bytes."""
+    sizes = [len(d.encode("utf-8", errors="surrogatepass")) for d in documents() if d]
+    by_doc = split == "documents" and any(is_val_document(i, val_fraction) for i in range(len(sizes)))
+    if by_doc:
+        keep = [not is_val_document(i, val_fraction) for i in range(len(sizes))]
+        texts = (d for i, d in enumerate(x for x in documents() if x) if keep[i])
+        return texts, sum(n for n, k in zip(sizes, keep) if k)
+    cut = int(sum(sizes) * (1 - BPE_TAIL_MARGIN * val_fraction))
+
+    def head():
+        left = cut
+        for d in (x for x in documents() if x):
+            b = d.encode("utf-8", errors="surrogatepass")
+            if len(b) >= left:
+                yield b[:left].decode("utf-8", errors="ignore")
+                return
+            left -= len(b)
+            yield d
+
+    return head(), cut
+
+
 def options_of(source: str, val_fraction: float, split: str, hf_config=None, max_docs: int = 0,
-               max_tokens: int = 0) -> dict:
+               max_tokens: int = 0, tokenizer: str = "gpt2") -> dict:
     """What decides a dataset's content (besides the source's own data); the sampling options only
-    when set."""
+    when set. A trained BPE's hash follows from the data, so its options name it by `bpe:N` alone."""
+    kind, _ = tok_lib.parse_tokenizer_name(tokenizer)
     out = {"source": source, "val_fraction": val_fraction, "split": split,
-           "tokenizer_hash": get_tokenizer().vocab_hash, "format_version": FORMAT_VERSION}
+           "tokenizer_hash": {"gpt2": lambda: get_tokenizer().vocab_hash, "bytes": lambda: tok_lib.ByteTokenizer.vocab_hash,
+                              "bpe": lambda: None}[kind](),
+           "format_version": FORMAT_VERSION}
+    if kind != "gpt2":  # GPT-2's options stay as before, so datasets prepared earlier are the same
+        out["tokenizer"] = tokenizer
+        if kind == "bpe":
+            del out["tokenizer_hash"]
     out.update({k: v for k, v in (("hf_config", hf_config), ("max_docs", max_docs), ("max_tokens", max_tokens)) if v})
     return out
 
@@ -181,11 +226,20 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
             val_fraction: float = 0.05, num_workers: int = 2, *,
             tfds_data_dir: str | None = None, chunk_chars: int = 1 << 18,
             progress: bool = True, split: str = "documents", hf_config: str | None = None,
-            max_docs: int = 0, max_tokens: int = 0, overwrite: bool = False) -> dict:
+            max_docs: int = 0, max_tokens: int = 0, overwrite: bool = False, tokenizer: str = "gpt2") -> dict:
     """Tokenize ``source`` into ``out_dir``; returns the meta dict (also in meta.json), with
     ``"unchanged": True`` added when ``out_dir`` already held this dataset and nothing was done.
     max_docs / max_tokens (0 = no limit): stop after that many non-empty documents, or after the
-    document that brings the total (EOTs included) to max_tokens -- a sample of the source's start."""
+    document that brings the total (EOTs included) to max_tokens -- a sample of the source's start.
+    tokenizer: 'gpt2' (GPT-2's BPE), 'bytes' (UTF-8 bytes, eot 256) or 'bpe:N' (a byte-level BPE of N
+    tokens trained on the train split only, saved as tokenizer.json beside the token files)."""
+    try:
+        kind, _ = tok_lib.parse_tokenizer_name(tokenizer)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if kind == "bpe" and max_tokens:
+        raise DataError("max_tokens counts tokens of the tokenizer being trained: with tokenizer bpe:N "
+                        "limit the sample with max_docs instead")
     if max_docs < 0 or max_tokens < 0:
         raise DataError(f"max_docs and max_tokens must be >= 0, got {max_docs}, {max_tokens}")
     if not 0 <= val_fraction < 1:
@@ -193,7 +247,7 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
     if split not in ("documents", "tail"):
         raise DataError(f"split must be 'documents' or 'tail', got {split!r}")
     out_dir = str(out_dir)
-    options = options_of(source, val_fraction, split, hf_config, max_docs, max_tokens)
+    options = options_of(source, val_fraction, split, hf_config, max_docs, max_tokens, tokenizer)
     state = existing_dataset(out_dir, options)
     if state == "same":
         with open(os.path.join(out_dir, "meta.json")) as f:
@@ -237,15 +291,29 @@ def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_char
     stats = {"skipped_empty_documents": 0}
     counts = {s: {"documents": 0, "tokens": 0, "max_token_id": -1} for s in SPLITS}
     tmp_paths, files = {}, {}
-    try:
-        for name in ("train.bin", "val.bin", "meta.json"):
-            tmp_paths[name] = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
-        files = {s: open(tmp_paths[f"{s}.bin"], "wb", buffering=1 << 20) for s in SPLITS}
+    kind, n_vocab = tok_lib.parse_tokenizer_name(options.get("tokenizer", "gpt2"))
+
+    def documents():
         docs = iter_documents(source, tfds_data_dir=tfds_data_dir, hf_config=hf_config)
-        if max_docs:
-            docs = _first_documents(docs, max_docs)
+        return _first_documents(docs, max_docs) if max_docs else docs
+
+    try:
+        for name in ("train.bin", "val.bin", "meta.json", tok_lib.BPE_FILE):
+            tmp_paths[name] = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
+        bpe_bytes = None
+        if kind == "gpt2":
+            tok = get_tokenizer()
+        elif kind == "bytes":
+            tok = tok_lib.ByteTokenizer()
+        else:
+            texts, bpe_bytes = _bpe_training_texts(documents, split, val_fraction)
+            if progress:
+                print(f"training a byte-level BPE of {n_vocab} tokens on the train split "
+                      f"({bpe_bytes:,} bytes)", flush=True)
+            tok = tok_lib.train_bpe(texts, n_vocab, tmp_paths[tok_lib.BPE_FILE])
+        files = {s: open(tmp_paths[f"{s}.bin"], "wb", buffering=1 << 20) for s in SPLITS}
         bar = tqdm(unit=" docs", desc=f"prepare {source}", disable=not progress, delay=0.5)
-        for i, arr in enumerate(_tokenized(docs, num_workers, chunk_chars, stats)):
+        for i, arr in enumerate(_tokenized(documents(), num_workers, chunk_chars, stats, tok)):
             name = "val" if by_document and is_val_document(i, val_fraction) else "train"
             files[name].write(arr.tobytes())
             c = counts[name]
@@ -268,17 +336,24 @@ def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_char
             split_rule = "tail_tokens"
         for f in files.values():
             f.close()
+        lengths = tok.byte_lengths()
         for s in SPLITS:
             counts[s]["sha256"] = sha256_file(tmp_paths[f"{s}.bin"])
+            counts[s]["bytes"] = split_bytes(tmp_paths[f"{s}.bin"], lengths)
+        if bpe_bytes is not None and split_rule == "tail_tokens" and (
+                counts["train"]["bytes"] < bpe_bytes):
+            raise DataError(f"the val split starts before byte {bpe_bytes:,}, up to which the BPE was trained: "
+                            "use a smaller val_fraction or split='documents'")
 
         meta = {
             "format_version": FORMAT_VERSION,
             "source": source,
             "dtype": "uint16",
-            "vocab_size": N_VOCAB,
-            "eot": EOT,
-            "tokenizer": "gpt2",
-            "tokenizer_hash": get_tokenizer().vocab_hash,
+            "vocab_size": int(tok.n_vocab),
+            "eot": int(tok.eot_token),
+            "tokenizer": tok.name,
+            "tokenizer_hash": tok.vocab_hash,
+            "tokenizer_record": tok_lib.tokenizer_record(tok),
             "val_fraction": val_fraction,
             "split_rule": split_rule,
             "skipped_empty_documents": stats["skipped_empty_documents"],
@@ -291,6 +366,12 @@ def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_char
         # Commit: meta.json goes last, so its presence means a complete dataset.
         if os.path.exists(os.path.join(out_dir, "meta.json")):
             os.remove(os.path.join(out_dir, "meta.json"))
+        if kind == "bpe":
+            meta["bpe_trained_on_bytes"] = bpe_bytes
+            write_json_atomic(tmp_paths["meta.json"], meta)
+            os.replace(tmp_paths.pop(tok_lib.BPE_FILE), os.path.join(out_dir, tok_lib.BPE_FILE))
+        elif os.path.exists(os.path.join(out_dir, tok_lib.BPE_FILE)):
+            os.remove(os.path.join(out_dir, tok_lib.BPE_FILE))  # the BPE of a dataset replaced in place
         for name in ("train.bin", "val.bin", "meta.json"):
             os.replace(tmp_paths.pop(name), os.path.join(out_dir, name))
         return meta
