@@ -96,7 +96,7 @@ class Checkpointer:
 
     def __init__(
         self, workdir, *, keep: int = 3, keep_every: int = 0, async_save: bool = True, read_only: bool = False,
-        directory=None,
+        directory=None, keep_steps=(),
     ):
         # `directory`: a checkpoints directory of any name (what `checkpoint_dir` found) instead of
         # WORKDIR/checkpoints.
@@ -108,6 +108,8 @@ class Checkpointer:
             policies = [preservation.LatestN(n=keep)]
             if keep_every:
                 policies.append(preservation.EveryNSteps(interval_steps=keep_every))
+            if keep_steps:  # checkpoint.steps: e.g. where cooldown branches start
+                policies.append(preservation.CustomSteps(steps=[int(s) for s in keep_steps]))
             options = ocp.CheckpointManagerOptions(
                 preservation_policy=preservation.AnyPreservationPolicy(policies),
                 enable_async_checkpointing=async_save,

@@ -28,6 +28,8 @@ NONFINITE = ("stop", "skip")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
 MLPS = ("gelu", "swiglu")
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt", "cosine")
 PARAMETRIZATIONS = ("sp", "mup")
 
 # Logical axis -> mesh axis (or axes). Parameters and activations are annotated with the logical
@@ -105,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
             # N > 0 = gpt2jax.losses' fused cross-entropy: N tokens at a time against the whole
             # vocabulary, both gradients formed in the forward pass (same loss; fewer memory passes)
             loss_rows=0,
+            # A cooldown branch: start from step branch_step of the run in branch_from (parameters, optimizer
+            # state, step and data position), then train to num_steps with this config's decay settings.
+            branch_from="",
+            branch_step=0,
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -118,12 +124,18 @@ def get_config() -> ml_collections.ConfigDict:
             eps=1e-8,
             grad_clip=1.0,  # global-norm clipping; 0 disables
             accum_steps=1,  # micro-batches per optimizer step
+            # 'cosine' (warmup, cosine to min_lr) | 'wsd' (warmup, constant, cooldown over the last
+            # decay_fraction of the steps, shaped by decay_shape) | 'constant' (warmup, then lr)
+            schedule="cosine",
+            decay_fraction=0.2,
+            decay_shape="1-sqrt",  # 'linear' | '1-sqrt' (Hagele et al. 2024) | 'cosine'
         )
     )
     # keep: the latest checkpoints kept; keep_every: also keep every step divisible by it (0 = off).
     # dir: where checkpoints/ lives; '' = the workdir. A bucket (gs://bucket/run) for multi-host runs:
     # every host writes its own shards of each checkpoint, so the directory must be shared.
-    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, keep_every=0, dir=""))
+    # steps: also save and keep these steps (e.g. the steps cooldown branches start from).
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, keep_every=0, dir="", steps=()))
     c.eval = ml_collections.ConfigDict(
         dict(
             tasks="",  # zero-shot tasks run during training, e.g. 'hellaswag,lambada' ('' = none)
@@ -233,6 +245,13 @@ def validate(config) -> None:
     _check(0 <= o.b2 < 1, "optim.b2", f"must be in [0, 1), got {o.b2}")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {o.grad_clip}")
     _check(o.accum_steps >= 1, "optim.accum_steps", f"must be >= 1, got {o.accum_steps}")
+    _check(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
+    _check(0 <= o.decay_fraction <= 1, "optim.decay_fraction", f"must be in [0, 1], got {o.decay_fraction}")
+    _check(o.decay_shape in DECAY_SHAPES, "optim.decay_shape", f"must be one of {DECAY_SHAPES}, got {o.decay_shape!r}")
+    if t.branch_from:
+        _check(isinstance(t.branch_step, int) and 0 < t.branch_step < t.num_steps, "train.branch_step",
+               f"must be a step in [1, train.num_steps={t.num_steps}) of the run in train.branch_from, got {t.branch_step!r}")
+        _check(not t.init_from, "train.branch_from", "and train.init_from are two ways to start a run: set one")
     _check(
         t.batch_size % o.accum_steps == 0,
         "train.batch_size",
@@ -249,6 +268,8 @@ def validate(config) -> None:
     _check(ck.every >= 0, "checkpoint.every", f"must be >= 0 (0 = only at the end), got {ck.every}")
     _check(ck.keep >= 1, "checkpoint.keep", f"must be >= 1, got {ck.keep}")
     _check(ck.keep_every >= 0, "checkpoint.keep_every", f"must be >= 0 (0 = off), got {ck.keep_every}")
+    _check(all(isinstance(s, int) and s > 0 for s in ck.steps), "checkpoint.steps",
+           f"must be positive step numbers, got {tuple(ck.steps)!r}")
     _check(t.nonfinite in NONFINITE, "train.nonfinite", f"must be one of {NONFINITE}, got {t.nonfinite!r}")
     _check(t.stop_after >= 0, "train.stop_after", f"must be >= 0 (0 = off), got {t.stop_after}")
     _check(
@@ -288,6 +309,8 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
                 raise ConfigError(f"config.{section}.{key}: unknown field")
             if section == "mesh" and key == "rules":
                 value = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value)
+            elif isinstance(config[section][key], tuple) and isinstance(value, list):
+                value = tuple(value)  # JSON has no tuples (checkpoint.steps)
             if isinstance(config[section][key], ml_collections.ConfigDict) and isinstance(value, dict):
                 for sub, v in value.items():  # a nested section (train.wandb): field by field
                     if sub not in config[section][key]:

@@ -241,10 +241,11 @@ def run_info(config, params) -> dict:
     }
 
 
-def _check_resume_config(saved: dict, config) -> None:
+def _check_resume_config(saved: dict, config, allowed=(), what: str = "resume") -> None:
     """Refuse to resume when a field of the model, optimizer or data sections (or the batch size,
     sequence length or seed) differs from the checkpoint's config, naming every such field. Other
-    fields -- num_steps, logging/eval/checkpoint intervals, the mesh ... -- may change."""
+    fields -- num_steps, logging/eval/checkpoint intervals, the mesh ... -- may change, and so may the
+    `allowed` ones ('section.key')."""
     now = config_lib.to_dict(config)
     try:  # fields added to the schema after the checkpoint was written compare at their defaults
         saved = config_lib.to_dict(config_lib.from_dict(saved))
@@ -253,16 +254,55 @@ def _check_resume_config(saved: dict, config) -> None:
     changed = []
     for section in FROZEN_ON_RESUME:
         for k, v in now[section].items():
-            if saved.get(section, {}).get(k) != v:
+            if saved.get(section, {}).get(k) != v and f"{section}.{k}" not in allowed:
                 changed.append(f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
     for k in FROZEN_TRAIN_FIELDS:
         if saved.get("train", {}).get(k) != now["train"][k]:
             changed.append(f"train.{k}: {saved.get('train', {}).get(k)!r} -> {now['train'][k]!r}")
-    if changed:
+    if changed and what == "resume":
         raise config_lib.ConfigError(
             "cannot resume with a changed experiment (use a new --workdir, or train.init_from to "
             "start from these weights): " + "; ".join(changed)
         )
+    if changed:
+        raise config_lib.ConfigError(
+            f"cannot {what}: a branch may change only {', '.join(BRANCH_MAY_CHANGE)} (and what a resume "
+            "may: intervals, the mesh ...), but these differ: " + "; ".join(changed)
+        )
+
+
+# What a cooldown branch may change besides what a resume may (train.num_steps among those).
+BRANCH_MAY_CHANGE = ("train.num_steps", "optim.decay_fraction", "optim.decay_shape", "optim.min_lr")
+
+
+def open_branch(config, data: dict):
+    """(parent Checkpointer, step, record) for train.branch_from / train.branch_step, checked from the
+    parent's meta before anything compiles: the step exists, the experiment is the same but for
+    BRANCH_MAY_CHANGE, and so is the data. The parent is only read (no lock: it may be live)."""
+    import hashlib
+
+    t = config.train
+    parent_dir = os.path.abspath(os.path.expanduser(t.branch_from))
+    try:
+        parent = ckpt_lib.Checkpointer(None, read_only=True, directory=ckpt_lib.checkpoint_dir(parent_dir))
+    except Exception as e:
+        raise ckpt_lib.CheckpointError(f"train.branch_from={t.branch_from}: no checkpoints to branch from ({e})") from e
+    steps = parent.all_steps()
+    if t.branch_step not in steps:
+        raise ckpt_lib.CheckpointError(
+            f"train.branch_step={t.branch_step}: {parent.directory} has no checkpoint at that step (it has "
+            f"{steps or 'none'}; a parent keeps its branch points with checkpoint.steps)")
+    meta = parent.read_meta(t.branch_step)
+    _check_resume_config(meta["config"], config, allowed=BRANCH_MAY_CHANGE,
+                         what=f"branch from {parent.directory}/{t.branch_step}")
+    changed = loader.data_changes(meta.get("data"), data)
+    if changed:
+        raise loader.DataError(f"cannot branch from {parent.directory}/{t.branch_step}: the data differs "
+                               f"({'; '.join(changed)})")
+    prints = json.dumps(meta.get("fingerprints", {}), sort_keys=True).encode()
+    record = {"parent": parent_dir, "step": int(t.branch_step),
+              "fingerprint": hashlib.sha256(prints).hexdigest()[:16]}
+    return parent, int(t.branch_step), record
 
 
 def resolve_vocab(config) -> None:
@@ -470,9 +510,11 @@ class Hook:
     every: int = 0
     at_end: bool = False
     name: str = ""
+    steps: tuple = ()  # also after these steps
 
     def due(self, step: int, last: int) -> bool:
-        return (self.every > 0 and step % self.every == 0) or (self.at_end and step == last)
+        return ((self.every > 0 and step % self.every == 0) or (self.at_end and step == last)
+                or step in self.steps)
 
 
 class Loop:
@@ -498,16 +540,29 @@ class Loop:
         self.is_main = jax.process_index() == 0
         self.multi_process = jax.process_count() > 1
         ck = config.checkpoint
-        self.ckpt = ckpt_lib.Checkpointer(ck.dir or self.workdir, keep=ck.keep, keep_every=ck.keep_every)
+        self.ckpt = ckpt_lib.Checkpointer(ck.dir or self.workdir, keep=ck.keep, keep_every=ck.keep_every,
+                                          keep_steps=tuple(ck.steps))
+        # A cooldown branch that has not started yet: its parent's checkpoint, checked before compiling.
+        self.branch = open_branch(config, self.data) if config.train.branch_from and not self.ckpt.all_steps() else None
         # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
         _precheck_checkpoints(self.ckpt, config, self.data)
         self.trainer = Trainer(config)
         self.skipped = 0
         restored = _restore_latest(self.ckpt, self.trainer, config)
+        self.branch_record = None
         if restored is not None:
             self.start, self.params, self.opt_state, meta = restored
             self.skipped = int(meta.get("skipped_steps", 0))
+            self.branch_record = meta.get("branch")
             print(f"resuming from step {self.start} in {self.ckpt.directory}", flush=True)
+        elif self.branch is not None:
+            parent, step, self.branch_record = self.branch
+            self.params, self.opt_state, meta = parent.restore(
+                step, self.trainer.abstract_params, self.trainer.abstract_opt_state)
+            if self.opt_state is None:
+                raise ckpt_lib.CheckpointError(f"{parent.directory}/{step} holds no optimizer state to branch from")
+            self.start, self.skipped = step, int(meta.get("skipped_steps", 0))
+            print(f"branching from step {step} of {self.branch_record['parent']}", flush=True)
         else:
             self.start = 0
             if config.train.init_from:
@@ -519,6 +574,8 @@ class Loop:
             else:
                 self.params, self.opt_state = self.trainer.init_state(config.train.seed)
         self.info = {**run_info(config, self.params), "data": self.data, "tokenizer": self.tokenizer}
+        if self.branch_record is not None:
+            self.info["branch"] = self.branch_record
         # W&B (train.wandb.project, process 0): reads a previous W&B run id from run.json, adds info['wandb']
         wandb_writer = wandb_log.start(config, self.workdir, self.info, is_main=self.is_main)
         if self.is_main:
@@ -604,6 +661,7 @@ class Loop:
             skipped_steps=self.skipped,
             data=self.data,
             tokenizer=self.tokenizer,
+            branch=self.branch_record,
         )
         self.ckpt.save(self.step, self.params, self.opt_state, meta, force=True)
 
@@ -734,7 +792,7 @@ def default_hooks(config) -> list[Hook]:
              Hook(evaluate_val, every=t.eval_every, at_end=True, name="eval")]
     if ev.tasks:
         hooks.append(Hook(evaluate_tasks, every=ev.every, at_end=True, name="tasks"))
-    hooks.append(Hook(save_checkpoint, every=ck.every, name="checkpoint"))
+    hooks.append(Hook(save_checkpoint, every=ck.every, name="checkpoint", steps=tuple(ck.steps)))
     if t.profile_start >= 0:
         hooks.append(Hook(profile, every=1, name="profile"))
     return hooks
