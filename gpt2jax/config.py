@@ -109,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
             loss_rows=0,
             # A cooldown branch: start from step branch_step of the run in branch_from (parameters, optimizer
             # state, step and data position), then train to num_steps with this config's decay settings.
+            # A bare run name (no '/') is a sibling of this run's workdir, as a sweep's runs are.
             branch_from="",
             branch_step=0,
         )

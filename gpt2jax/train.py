@@ -275,14 +275,17 @@ def _check_resume_config(saved: dict, config, allowed=(), what: str = "resume") 
 BRANCH_MAY_CHANGE = ("train.num_steps", "optim.decay_fraction", "optim.decay_shape", "optim.min_lr")
 
 
-def open_branch(config, data: dict):
+def open_branch(config, data: dict, workdir: str = "."):
     """(parent Checkpointer, step, record) for train.branch_from / train.branch_step, checked from the
     parent's meta before anything compiles: the step exists, the experiment is the same but for
     BRANCH_MAY_CHANGE, and so is the data. The parent is only read (no lock: it may be live)."""
     import hashlib
 
     t = config.train
-    parent_dir = os.path.abspath(os.path.expanduser(t.branch_from))
+    parent_dir = os.path.expanduser(t.branch_from)
+    if os.sep not in parent_dir:  # a bare run name: a sibling of this workdir (a sweep's parent run)
+        parent_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), parent_dir)
+    parent_dir = os.path.abspath(parent_dir)
     try:
         parent = ckpt_lib.Checkpointer(None, read_only=True, directory=ckpt_lib.checkpoint_dir(parent_dir))
     except Exception as e:
@@ -543,7 +546,7 @@ class Loop:
         self.ckpt = ckpt_lib.Checkpointer(ck.dir or self.workdir, keep=ck.keep, keep_every=ck.keep_every,
                                           keep_steps=tuple(ck.steps))
         # A cooldown branch that has not started yet: its parent's checkpoint, checked before compiling.
-        self.branch = open_branch(config, self.data) if config.train.branch_from and not self.ckpt.all_steps() else None
+        self.branch = open_branch(config, self.data, self.workdir) if config.train.branch_from and not self.ckpt.all_steps() else None
         # Checkpoint errors too: a changed experiment or another model shape, from the metas alone.
         _precheck_checkpoints(self.ckpt, config, self.data)
         self.trainer = Trainer(config)
