@@ -23,7 +23,13 @@ import numpy as np
 from experiments import fits as fits_lib
 
 BASE_COLUMNS = ["name", "params", "params_non_embedding", "tokens", "flops_6nd", "flops",
-                "budget_flops", "loss", "best_loss", "status"]
+                "budget_flops", "loss", "best_loss", "bpb", "branch_of", "branch_step", "status"]
+# The conventions a fit can count by (fits.json records the one used; docs/scaling_laws.md compares them):
+# N = all parameters (Hoffmann et al.) or the non-embedding ones (Kaplan et al.); C = 6 N D or the FLOPs
+# with attention (run.json's flops_per_token x tokens); the loss in nats per token or bits per byte.
+PARAMS = ("total", "non_embedding")
+FLOPS = ("6nd", "attention")
+METRICS = ("loss", "bpb")
 # Config fields that differ between runs without changing the experiment.
 IGNORED_FIELDS = {"checkpoint.dir", "train.compile_cache", "train.init_from", "data.dir",
                   "eval.tasks_dir", "train.profile_start", "train.profile_steps"}
@@ -137,6 +143,12 @@ def read_run(run_dir: str) -> dict:
              and isinstance(r.get("step"), (int, float))]
     val = [(r["step"], r["val_loss"]) for r in rows
            if isinstance(r.get("val_loss"), (int, float)) and isinstance(r.get("step"), (int, float))]
+    bpb = [(r["step"], r["val_bpb"]) for r in rows
+           if isinstance(r.get("val_bpb"), (int, float)) and isinstance(r.get("step"), (int, float))]
+    branch = info.get("branch")
+    if isinstance(branch, dict):  # a cooldown branch (train.branch_from): its parent and start step
+        rec["branch_of"] = os.path.basename(str(branch.get("parent", "")).rstrip("/")) or None
+        rec["branch_step"] = branch.get("step")
     fpt = rec["flops_per_token"]
     if train:
         t = np.array(train, np.float64)
@@ -154,6 +166,8 @@ def read_run(run_dir: str) -> dict:
     val = [(s, l) for s, l in val if math.isfinite(l)]
     rec["tokens"] = float(last_step * batch * seq)
     rec["loss"] = float(last_loss)
+    if bpb and max(bpb)[0] == last_step:
+        rec["bpb"] = float(max(bpb)[1])
     rec["best_loss"] = float(min(l for _, l in val))
     if last_step < num_steps:
         rec["status"] = f"unfinished: last val_loss at step {int(last_step)} of {num_steps}"
@@ -249,7 +263,7 @@ def read_csv(path: str) -> list[dict]:
         rec = {"name": row.get("name") or f"row{i}", "status": row.get("status") or "finished",
                "fields": {}, "curve": None, "val_curve": None}
         for c in ("params", "params_non_embedding", "tokens", "loss", "best_loss", "flops",
-                  "flops_6nd", "budget_flops"):
+                  "flops_6nd", "budget_flops", "bpb"):
             v = (row.get(c) or "").strip()
             if not v:
                 rec[c] = None
@@ -284,11 +298,52 @@ def _count_basis(runs: list[dict]) -> dict | None:
     return None
 
 
+def convention_view(runs: list[dict], params: str = "total", flops: str = "6nd", metric: str = "loss") -> list[dict]:
+    """The finished runs as the fits see them under a counting convention: `params` (N), `loss` (the metric)
+    and `budget_flops` (an IsoFLOP group's C: the spec's budget under (total, 6nd); otherwise the geometric
+    mean, over the group's runs, of 6 N D with this N or of the FLOPs with attention). Runs without the
+    metric or the FLOP count are left out."""
+    if params not in PARAMS or flops not in FLOPS or metric not in METRICS:
+        raise AnalysisError(f"unknown convention params={params!r} flops={flops!r} metric={metric!r} "
+                            f"(params: {PARAMS}, flops: {FLOPS}, metric: {METRICS})")
+    out = []
+    for r in runs:
+        if r["status"] != "finished":
+            continue
+        n = r.get("params_non_embedding") if params == "non_embedding" else r.get("params")
+        value = r.get(metric)
+        c = 6.0 * n * r["tokens"] if (n and flops == "6nd") else r.get("flops")
+        if not n or value is None or c is None:
+            continue
+        out.append({**r, "params": float(n), "loss": float(value), "_c": float(c)})
+    if (params, flops) != ("total", "6nd"):
+        groups: dict = {}
+        for r in out:
+            if r.get("budget_flops") is not None:
+                groups.setdefault(r["budget_flops"], []).append(r)
+        for members in groups.values():
+            label = float(np.exp(np.mean(np.log([m["_c"] for m in members]))))
+            for m in members:
+                m["budget_flops"] = label
+    return out
+
+
 def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_tokens: str = "fixed",
              power_law_e0: bool = False, frontier_e0: bool = True, frontier_skip: float = 0.1,
-             progress=None) -> dict:
+             progress=None, params: str = "total", flops: str = "6nd", metric: str = "loss") -> dict:
     from threadpoolctl import threadpool_limits
 
+    convention = {"params": params, "flops": flops, "metric": metric}
+    if convention != {"params": "total", "flops": "6nd", "metric": "loss"}:
+        kept = {id(r) for r in runs if r["status"] != "finished"}
+        view = convention_view(runs, params, flops, metric)
+        left = [r["name"] for r in runs if r["status"] == "finished" and r["name"] not in {v["name"] for v in view}]
+        runs = [r for r in runs if id(r) in kept] + view
+        for r in runs:
+            if r["status"] == "finished" and r.get("params_non_embedding") and params == "non_embedding":
+                r["params_non_embedding"] = r["params"]
+    else:
+        left = []
     done = [r for r in runs if r["status"] == "finished"]
     out = {
         "n_runs": len(runs),
@@ -296,6 +351,10 @@ def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_token
         "unfinished": {r["name"]: r["status"] for r in runs if r["status"] != "finished"},
         "count_basis": _count_basis(done) if done else None,
     }
+    if convention != {"params": "total", "flops": "6nd", "metric": "loss"}:
+        out["convention"] = convention
+        if left:
+            out["left_out_by_convention"] = left
     if not done:
         reason = "no finished runs (a run counts once it has a val_loss at its num_steps)"
         for k in ("chinchilla", "power_law_n", "frontier", "isoflop"):
@@ -550,6 +609,8 @@ def summarize(fits: dict) -> str:
 
 def analyze(runs: list[dict], out_dir: str, source: dict, n_boot: int = 200, seed: int = 0,
             plots: bool = True, **fit_kw) -> dict:
+    """Fit, write fits.json (with the convention of `fit_kw`'s params / flops / metric when not the
+    default total / 6nd / loss) and draw the plots."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)
@@ -580,6 +641,12 @@ def _define_flags():
     flags.DEFINE_boolean("frontier_e0", True, "frontier with E = 0 (Kaplan's L = (C_c/C)^alpha).")
     flags.DEFINE_float("frontier_skip", 0.1, "Fraction of each run's steps left out of the frontier.")
     flags.DEFINE_boolean("plots", True, "Draw the PNG plots.")
+    flags.DEFINE_enum("params", "total", list(PARAMS), "N in the fits: all parameters (Hoffmann et al.) or the "
+                      "non-embedding ones (Kaplan et al.).")
+    flags.DEFINE_enum("flops", "6nd", list(FLOPS), "C in the IsoFLOP and frontier fits: 6 N D, or the FLOPs "
+                      "with attention (flops_per_token x tokens).")
+    flags.DEFINE_enum("metric", "loss", list(METRICS), "What the fits fit: val loss (nats/token) or bits per "
+                      "byte (val_bpb; compares vocabularies).")
 
 
 def main(argv):
@@ -620,7 +687,8 @@ def main(argv):
             source = {"csv": os.path.abspath(F.csv)}
         fits = analyze(runs, F.out, source, n_boot=F.n_boot, seed=F.seed, plots=F.plots,
                        power_law_tokens=F.power_law_tokens, power_law_e0=F.power_law_e0,
-                       frontier_e0=F.frontier_e0, frontier_skip=F.frontier_skip)
+                       frontier_e0=F.frontier_e0, frontier_skip=F.frontier_skip, params=F.params,
+                       flops=F.flops, metric=F.metric)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

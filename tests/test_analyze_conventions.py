@@ -1,0 +1,60 @@
+"""analyze's counting conventions (--params, --flops, --metric) and the columns of cooldown branches."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import analyze
+
+
+def _runs():
+    runs = []
+    for C in (1e12, 1e13):
+        for n in (5e4, 1e5, 2e5, 4e5, 8e5):
+            d = C / (6 * n)
+            loss = 1.0 + 300 / n ** 0.5 + 400 / d ** 0.5
+            runs.append({"name": f"C{C:g}-N{n:g}", "status": "finished", "fields": {}, "curve": None,
+                         "val_curve": None, "params": n + 2e4, "params_non_embedding": n, "tokens": d,
+                         "loss": loss, "bpb": loss / math.log(2) / 3.0, "budget_flops": C,
+                         "flops": 6 * (n + 2e4) * d * 1.1})
+    return runs
+
+
+def test_conventions_change_what_is_fitted():
+    base = analyze.run_fits(_runs(), n_boot=0)
+    ne = analyze.run_fits(_runs(), n_boot=0, params="non_embedding")
+    bpb = analyze.run_fits(_runs(), n_boot=0, metric="bpb")
+    att = analyze.run_fits(_runs(), n_boot=0, flops="attention")
+    assert "convention" not in base and ne["convention"] == {"params": "non_embedding", "flops": "6nd", "metric": "loss"}
+    # N: all parameters by default, the non-embedding ones with --params=non_embedding.
+    assert base["isoflop"]["per_budget"][0]["params"][0] == 7e4
+    assert ne["isoflop"]["per_budget"][0]["params"][0] == 5e4
+    # The budget label under non-embedding N is 6 N_ne D (here exactly the spec's C).
+    assert ne["isoflop"]["per_budget"][0]["budget_flops"] == pytest.approx(1e12)
+    assert att["isoflop"]["per_budget"][0]["budget_flops"] > 1e12  # attention + embedding FLOPs counted
+    # The metric: bits per byte are the loss / ln 2 / 3 here, so the vertex is the same, its loss is not.
+    b0, l0 = bpb["isoflop"]["per_budget"][0], base["isoflop"]["per_budget"][0]
+    assert b0["N_opt"] == pytest.approx(l0["N_opt"], rel=1e-6)
+    assert b0["loss_opt"] == pytest.approx(l0["loss_opt"] / math.log(2) / 3.0, rel=1e-6)
+    # The non-embedding exponent differs from the total one (the constant 2e4 embedding bends the curve).
+    assert ne["isoflop"]["a"] != pytest.approx(base["isoflop"]["a"], abs=1e-3)
+    with pytest.raises(analyze.AnalysisError, match="unknown convention"):
+        analyze.run_fits(_runs(), n_boot=0, params="embedding")
+
+
+def test_branch_and_bpb_columns(tmp_path):
+    run = tmp_path / "iso-C1e12-L2-D32"
+    run.mkdir()
+    cfg = {"train": {"batch_size": 4, "seq_len": 8, "num_steps": 10}, "model": {"block_size": 8}}
+    (run / "run.json").write_text(json.dumps({"config": cfg, "params": 100, "params_non_embedding": 80,
+                                              "flops_per_token": 600,
+                                              "branch": {"parent": str(tmp_path / "iso-L2-D32-stable"), "step": 8,
+                                                         "fingerprint": "0" * 16}}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"step": 10, "loss": 2.0, "tokens": 320}, {"step": 10, "val_loss": 2.1, "val_bpb": 2.9})) + "\n")
+    rec = analyze.read_run(str(run))
+    assert (rec["branch_of"], rec["branch_step"], rec["bpb"], rec["tokens"]) == ("iso-L2-D32-stable", 8, 2.9, 320.0)
+    cols, rows = analyze.table_rows([rec])
+    assert {"bpb", "branch_of", "branch_step"} <= set(cols) and rows[0]["branch_of"] == "iso-L2-D32-stable"
