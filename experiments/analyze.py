@@ -380,7 +380,17 @@ def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_token
                                         prog("bootstrap frontier"))
         out["isoflop"] = fits_lib.fit_isoflop(budgets, n, loss, n_boot=n_boot, seed=seed,
                                               progress=prog("bootstrap isoflop"))
+        out["lr"] = _fit_lr(done, n, loss, n_boot, seed, prog("bootstrap lr"))
     return out
+
+
+def _fit_lr(done, n, loss, n_boot, seed, progress):
+    """The optimal learning rate per size and lr_opt = k N^-x, when the runs sweep optim.lr (>= 3 rates at
+    2 sizes or more, as `grid` over lr x shape builds)."""
+    lrs = np.array([float(r.get("fields", {}).get("optim.lr", math.nan)) for r in done])
+    if not np.isfinite(lrs).all() or len(set(lrs.tolist())) < 3:
+        return {"skipped": "the runs do not sweep optim.lr (3 or more learning rates per size)"}
+    return fits_lib.fit_lr(n, lrs, loss, n_boot=n_boot, seed=seed, progress=progress)
 
 
 def _fit_power_law_n(done, tokens_mode, e0, n_boot, seed, progress):
@@ -513,6 +523,9 @@ def plan(fits: dict, c: float) -> dict:
     shape = nearest_shape(out["N_opt"], fits.get("count_basis"))
     d_shape = c / (6.0 * shape["params"])
     out.update(shape=shape, D_shape=d_shape, tokens_per_param=d_shape / shape["params"])
+    lr_fit = fits.get("lr") or {}
+    if "x" in lr_fit:
+        out["lr"] = fits_lib.lr_at(lr_fit, shape["params"])
     if "alpha" in chin:
         out["loss"] = float(fits_lib.chinchilla_predict(chin, shape["params"], d_shape))
         out["loss_from"] = "chinchilla L(N, D) at the shape's N and D = C / (6N)"
@@ -534,6 +547,8 @@ def format_plan(p: dict) -> str:
         f"vocab {s['vocab_size']}, context {s['block_size']})",
         f"  at that size C buys D = {p['D_shape']:.4g} tokens ({p['tokens_per_param']:.1f} per parameter)",
     ]
+    if "lr" in p:
+        lines.append(f"predicted learning rate: {p['lr']:.3g} (the lr fit lr_opt = k N^-x at the shape's N)")
     if "loss" in p:
         lines.append(f"predicted loss: {p['loss']:.4f} ({p['loss_from']})")
     else:
@@ -542,6 +557,31 @@ def format_plan(p: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+def _plot_lr(fit: dict, out_dir: str) -> str:
+    """lr_opt against N: each size's seed-averaged curve's optimum and the fitted power law."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in fit["per_size"] if "lr_opt" in p]
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for p in pts:
+        ax.scatter(p["size"], p["lr_opt"], marker="x" if p["edge"] else "o", color="C1" if p["edge"] else "C0")
+    xs = np.geomspace(min(p["size"] for p in pts), max(p["size"] for p in pts), 50)
+    ax.plot(xs, [fits_lib.lr_at(fit, x) for x in xs], "k--",
+            label=f"lr_opt = {fit['k']:.3g} N^-{fit['x']:.3f} [{fit['ci95']['x'][0]:.3f}, {fit['ci95']['x'][1]:.3f}]")
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="optimal learning rate",
+           title="learning-rate fit (x: optimum at a grid edge, left out)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "lr_opt_vs_params.png")
+    fig.savefig(path + ".tmp.png")
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return "lr_opt_vs_params.png"
+
+
 def _atomic_write(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -622,6 +662,8 @@ def analyze(runs: list[dict], out_dir: str, source: dict, n_boot: int = 200, see
         from experiments import plots as plots_lib
 
         fits["plots"] = plots_lib.draw_all(runs, fits, out_dir)
+        if "x" in (fits.get("lr") or {}):
+            fits["plots"].append(_plot_lr(fits["lr"], out_dir))
     return fits
 
 

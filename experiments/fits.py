@@ -190,7 +190,8 @@ def fit_chinchilla_theta(log_n, log_d, log_l, starts=None, weights=None, polish:
 
 def chinchilla_params(theta) -> dict:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
+    ex = lambda v: math.exp(min(v, 700.0))  # noqa: E731  (a degenerate fit's huge log-coefficient stays finite)
+    return {"E": ex(e), "A": ex(a), "B": ex(b), "alpha": alpha, "beta": beta}
 
 
 def chinchilla_predict(p: dict, n, d):
@@ -587,3 +588,87 @@ def _intervals(samples: np.ndarray, keys) -> dict:
         col = col[np.isfinite(col)]
         out[k] = [float(np.percentile(col, lo)), float(np.percentile(col, hi))] if col.size else [math.nan, math.nan]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate fits: the optimal learning rate per model size and its power law
+def lr_optimum(lr, loss, seed=None) -> dict:
+    """One size's optimal learning rate: the losses averaged over seeds at each learning rate, then a
+    parabola in log2(lr) through the best grid point and its two neighbours (its vertex; the best grid
+    point itself when the best is at an edge of the grid, flagged `edge`)."""
+    lr, loss = np.asarray(lr, np.float64), np.asarray(loss, np.float64)
+    grid = np.unique(lr)
+    mean = np.array([loss[lr == g].mean() for g in grid])
+    i = int(np.argmin(mean))
+    out = {"grid": grid.tolist(), "mean_loss": mean.tolist(), "best_grid_lr": float(grid[i]),
+           "n_seeds": int(max((lr == g).sum() for g in grid))}
+    if i == 0 or i == len(grid) - 1:
+        out.update(lr_opt=float(grid[i]), edge=True, loss_opt=float(mean[i]))
+        return out
+    x = np.log2(grid[i - 1:i + 2])
+    p = np.polyfit(x, mean[i - 1:i + 2], 2)
+    v = -p[1] / (2 * p[0]) if p[0] > 0 else x[1]
+    v = float(np.clip(v, x[0], x[2]))
+    out.update(lr_opt=float(2.0 ** v), edge=False, loss_opt=float(np.polyval(p, v)))
+    return out
+
+
+def fit_lr(size, lr, loss, n_boot: int = 200, seed: int = 0, progress=None) -> dict:
+    """The optimal learning rate per size (`lr_optimum`, seeds averaged) and the power law
+    lr_opt = k size^-x through them (least squares in log-log), with a 95% bootstrap interval (runs
+    resampled within each size). `size` is N (or C, for a law in compute). Sizes whose optimum lies at an
+    edge of their grid are reported and left out of the law."""
+    size, lr, loss = (np.asarray(v, np.float64) for v in (size, lr, loss))
+    keys = group_keys(size)
+    per_size, pts = [], []
+    for k in sorted(set(keys)):
+        sel = keys == k
+        s = float(np.median(size[sel]))
+        if len(np.unique(lr[sel])) < 3:
+            per_size.append({"size": s, "skipped": "fewer than 3 learning rates"})
+            continue
+        o = {"size": s, **lr_optimum(lr[sel], loss[sel])}
+        per_size.append(o)
+        if not o["edge"]:
+            pts.append((s, sel))
+    out = {"per_size": per_size, "law": "lr_opt = k size^-x"}
+    if len(pts) < 2:
+        out["skipped"] = f"needs interior optima at 2 or more sizes, got {len(pts)}"
+        return out
+
+    def law(weights=None):
+        xs, ys = [], []
+        for s, sel in pts:
+            l, y = lr[sel], loss[sel]
+            if weights is not None:
+                idx = weights[s]
+                l, y = l[idx], y[idx]
+            if len(np.unique(l)) < 3:
+                return None
+            o = lr_optimum(l, y)
+            if o["edge"]:
+                return None
+            xs.append(math.log(s))
+            ys.append(math.log(o["lr_opt"]))
+        slope, icpt = np.polyfit(xs, ys, 1)
+        return -slope, icpt
+
+    x, icpt = law()
+    rng = np.random.default_rng(seed)
+    samples = []
+    it = range(n_boot)
+    if progress is not None:
+        it = progress(it)
+    for _ in it:
+        w = {s: rng.integers(0, int(sel.sum()), int(sel.sum())) for s, sel in pts}
+        f = law(w)
+        samples.append([f[0], f[1]] if f else [math.nan, math.nan])
+    arr = np.array(samples).reshape(-1, 2)
+    ci = _intervals(arr, ["x", "log_k"])
+    out.update(x=float(x), k=math.exp(icpt), log_k=float(icpt), ci95=ci, n_sizes=len(pts),
+               n_boot=int(n_boot), n_boot_used=_used(arr))
+    return out
+
+
+def lr_at(fit: dict, size) -> float:
+    return float(math.exp(fit["log_k"]) * np.power(size, -fit["x"]))
