@@ -115,7 +115,7 @@ def plot(rows, path: str, step: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.plots import save_png
+    from gpt2jax.scaling.plots import save_png
 
     params = sorted({r["parametrization"] for r in rows}, key=lambda p: p != "sp")
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
@@ -173,8 +173,6 @@ def define_flags(fv):
 
 
 if __name__ == "__main__":
-    from absl import app
-
     from gpt2jax import cli
 
-    cli.run(main, define_flags, user_errors=(app.UsageError,))
+    cli.run(main, define_flags)

@@ -83,7 +83,7 @@ def check_bf16_vs_fp32(base, steps: int) -> dict:
         c = _set(base, model__dtype=dt, model__attention="xla", optim__warmup_steps=1)
         tr = Trainer(c)
         p, o = tr.init_state(0)
-        batch = tr.global_batch(bench._local_rows(tr, bench._synthetic_rows(c)))
+        batch = tr.global_batch(bench.local_rows(tr, bench.synthetic_rows(c)))
         losses = []
         for s in range(steps):
             p, o, out = tr.train_step(p, o, batch, jnp.asarray(s, jnp.int32))
@@ -162,13 +162,14 @@ def check_blockwise_loss(base) -> dict:
 
     from gpt2jax import bench
     from gpt2jax.losses import blockwise_cross_entropy, fused_cross_entropy
-    from gpt2jax.model import GPT2, cross_entropy, head_weight, init_params
+    from gpt2jax.losses import cross_entropy
+    from gpt2jax.model import GPT2, head_weight, init_params
 
     c = _set(base, model__dtype="float32", model__attention="xla")
     model = GPT2(c.model)
     m = model.config
     block = base.train.loss_block or 2048
-    rows = jnp.asarray(bench._synthetic_rows(c))
+    rows = jnp.asarray(bench.synthetic_rows(c))
     x, y = rows[:, :-1], rows[:, 1:]
     params = jax.jit(lambda k: init_params(c.model, k))(jax.random.PRNGKey(0))
 

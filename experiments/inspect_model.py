@@ -24,7 +24,8 @@ def inspect(workdir: str, data_dir: str, batches: int = 4, batch_size: int = 8, 
 
     from gpt2jax.checkpoint import load_params
     from gpt2jax.data import loader
-    from gpt2jax.model import GPT2, ModelConfig, cross_entropy, head_weight, norm, output_multiplier
+    from gpt2jax.losses import cross_entropy
+    from gpt2jax.model import GPT2, ModelConfig, head_weight, norm, output_multiplier
 
     config, params = load_params(workdir, step)
     m = ModelConfig.of(config.model)
@@ -69,7 +70,7 @@ def plot(res: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.plots import save_png
+    from gpt2jax.scaling.plots import save_png
 
     ent = np.asarray(res["attention_entropy"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
@@ -122,8 +123,6 @@ def define_flags(fv):
 
 
 if __name__ == "__main__":
-    from absl import app
-
     from gpt2jax import cli
 
-    cli.run(main, define_flags, user_errors=(app.UsageError,))
+    cli.run(main, define_flags)

@@ -82,7 +82,7 @@ def plot(cs: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.plots import save_png
+    from gpt2jax.scaling.plots import save_png
 
     params = [p for p in ("sp", "mup") if any(k[0] == p for k in cs)]
     fig, axes = plt.subplots(1, len(params), figsize=(5.6 * len(params), 4.2), sharey=True, squeeze=False)
@@ -142,13 +142,11 @@ def main(argv, F):
 def define_flags(fv):
     from absl import flags
 
-    flags.DEFINE_string("root", None, "Sweep root (python -m experiments.sweep ... --root).", required=True, flag_values=fv)
+    flags.DEFINE_string("root", None, "Sweep root (gpt2jax-sweep ... --root).", required=True, flag_values=fv)
     flags.DEFINE_string("out", "experiments/results/mup", "Output directory.", flag_values=fv)
 
 
 if __name__ == "__main__":
-    from absl import app
-
     from gpt2jax import cli
 
-    cli.run(main, define_flags, user_errors=(app.UsageError,))
+    cli.run(main, define_flags)

@@ -1,6 +1,6 @@
 """Where the train step's time goes: the step and its parts timed separately, alternated.
 
-    python experiments/profile_step.py --config=configs/shakespeare.py [--config.*=...] [--rounds=8]
+    python experiments/profile_step.py --config=shakespeare [--config.*=...] [--rounds=8]
         [--trace_dir=DIR]
 
 Parts (each jitted on its own, at the config's batch and shape, timed round-robin so that machine
@@ -23,32 +23,30 @@ from __future__ import annotations
 import collections
 import glob
 import os
-import sys
 import time
 
 import numpy as np
 
 
-def main(_):
+def main(argv, F):
+    del argv
     import jax
     import jax.numpy as jnp
     import optax
-    from absl import flags
 
     from gpt2jax import bench
     from gpt2jax import config as config_lib
-    from gpt2jax.losses import blockwise_cross_entropy
-    from gpt2jax.model import block as model_block, cross_entropy, head_weight, NEG_INF
+    from gpt2jax.losses import blockwise_cross_entropy, cross_entropy, lm_loss
+    from gpt2jax.model import block as model_block, head_weight, NEG_INF
     from gpt2jax.train import Trainer
 
-    F = flags.FLAGS
     c = F.config
     config_lib.validate(c)
     B, T = c.train.batch_size, config_lib.seq_len(c)
     tr = Trainer(c)
     m = tr.model.config
     params, opt = tr.init_state(0)
-    batch = tr.global_batch(bench._local_rows(tr, bench._synthetic_rows(c)))
+    batch = tr.global_batch(bench.local_rows(tr, bench.synthetic_rows(c)))
     D, H = m.n_embd, m.n_head
     key = jax.random.PRNGKey(0)
     h_BTD = jax.random.normal(key, (B, T, D), jnp.float32)
@@ -86,7 +84,7 @@ def main(_):
         state["p"], state["o"], out = step_c(state["p"], state["o"], batch, jnp.int32(1))
         return state["p"], out
 
-    grad_f = jax.jit(jax.value_and_grad(lambda p, b: tr._loss(p, b, None)))
+    grad_f = jax.jit(jax.value_and_grad(lambda p, b: lm_loss(tr.model, p, b, config=c, mesh=tr.mesh)))
     head_f = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
     blocks_f = jax.jit(jax.value_and_grad(blocks_loss, argnums=(0, 1)))
     attn_f = jax.jit(jax.value_and_grad(attn_loss, argnums=(0, 1, 2)))
@@ -141,12 +139,18 @@ def main(_):
             print(f"  {ns / 3e6:9.1f} ms/step  {100 * ns / max(all_ns, 1):5.1f}%  {name}")
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def define_flags(fv) -> None:
+    from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)
-    flags.DEFINE_integer("rounds", 8, "Round-robin timing rounds.")
-    flags.DEFINE_string("trace_dir", "", "Also trace 3 steps with jax.profiler into this directory.")
-    flags.mark_flags_as_required(["config"])
-    sys.exit(app.run(main))
+    config_flags.DEFINE_config_file("config", None, "Config file (a path, or a shipped config's name).",
+                                    flag_values=fv, lock_config=True)
+    flags.DEFINE_integer("rounds", 8, "Round-robin timing rounds.", flag_values=fv)
+    flags.DEFINE_string("trace_dir", "", "Also trace 3 steps with jax.profiler into this directory.", flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
+
+
+if __name__ == "__main__":
+    from gpt2jax import cli
+
+    cli.run(main, define_flags)

@@ -1,7 +1,7 @@
 """Fingerprint of the compiled train step of a config: XLA's optimised HLO with instruction names and source
 metadata stripped, so two checkouts that build the same program print the same hash.
 
-    python experiments/step_hlo.py configs/shakespeare.py [SECTION.KEY=VALUE ...] [--out=OUT.txt]
+    python experiments/step_hlo.py shakespeare [SECTION.KEY=VALUE ...] [--out=OUT.txt]    (a config's name or path)
 
 Used to show that a refactor leaves the default model's program unchanged (run it in both checkouts). Overrides
 are parsed to each field's type as `--config.a.b=v` would be, e.g. `train.loss_rows=0 model.dtype=float32`.
@@ -19,9 +19,8 @@ def normalized_hlo(config_path: str, overrides=()) -> list[str]:
     import jax
     import jax.numpy as jnp
 
+    from gpt2jax.scaling.overrides import apply_overrides, load_config
     from gpt2jax.train import Trainer
-
-    from experiments.sweep import apply_overrides, load_config
 
     # the same loading and typed overrides as a sweep's runs (`--config.a.b=v` semantics)
     c = apply_overrides(load_config(config_path), dict(item.split("=", 1) for item in overrides), "step_hlo")

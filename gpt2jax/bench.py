@@ -70,7 +70,8 @@ def cpu_matmul_flops(n: int = 2048, runs: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
-def _synthetic_rows(config, seed: int = 0) -> np.ndarray:
+def synthetic_rows(config, seed: int = 0) -> np.ndarray:
+    """A global batch of random token ids, [train.batch_size, T + 1], the same for a seed."""
     from gpt2jax import config as config_lib
 
     T = config_lib.seq_len(config)
@@ -78,7 +79,8 @@ def _synthetic_rows(config, seed: int = 0) -> np.ndarray:
     return rng.integers(0, config.model.vocab_size, (config.train.batch_size, T + 1), dtype=np.int32)
 
 
-def _local_rows(trainer, rows: np.ndarray) -> np.ndarray:
+def local_rows(trainer, rows: np.ndarray) -> np.ndarray:
+    """This process's rows of a global batch (what Trainer.global_batch expects from each process)."""
     idx, count = trainer.batch_slice
     n = rows.shape[0] // count
     return rows[idx * n : (idx + 1) * n]
@@ -184,8 +186,8 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
     say(f"bench: {m.n_layer} layers x {m.n_embd}, batch {B} x {T}, {n_dev} x {dev.device_kind}")
     trainer = Trainer(config)
     params, opt_state = trainer.init_state(config.train.seed)
-    rows = _synthetic_rows(config)
-    batch = trainer.global_batch(_local_rows(trainer, rows))
+    rows = synthetic_rows(config)
+    batch = trainer.global_batch(local_rows(trainer, rows))
     step0 = jnp.asarray(0, jnp.int32)
 
     t0 = time.perf_counter()
@@ -363,34 +365,33 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
+def main(argv, fv):
     del argv
-    from absl import flags
-
-    F = flags.FLAGS
-    r = run(F.config, steps=F.steps, warmup=F.warmup, compare=F.compare, matmul_runs=F.matmul_runs,
-            eval_batch=F.eval_batch, progress=not F.json)
+    r = run(fv.config, steps=fv.steps, warmup=fv.warmup, compare=fv.compare, matmul_runs=fv.matmul_runs,
+            eval_batch=fv.eval_batch, progress=not fv.json)
     print(format_report(r), flush=True)
-    if F.json:
+    if fv.json:
         print(json.dumps(r, separators=(",", ":")), flush=True)
 
 
-def _define_flags():
+def define_flags(fv) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)
-    flags.DEFINE_integer("steps", 10, "Timed train steps (after --warmup).")
-    flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
-    flags.DEFINE_enum("compare", "", ["", "torch"], "Also time a transformers GPT-2 reference, alternated.")
-    flags.DEFINE_bool("json", False, "Print the results as one JSON line, the last line of stdout.")
-    flags.DEFINE_integer("matmul_runs", 10, "CPU only: runs of the 2048^3 matmul (the best is the peak).")
-    flags.DEFINE_integer("eval_batch", 0, "Scorer rows per batch (0 = train.batch_size).")
-    flags.mark_flags_as_required(["config"])
+    config_flags.DEFINE_config_file("config", None, "Config file (a path, or a shipped config's name: tiny, "
+                                    "shakespeare, gpt2_124m, ...).", flag_values=fv, lock_config=True)
+    flags.DEFINE_integer("steps", 10, "Timed train steps (after --warmup).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("compare", "", ["", "torch"], "Also time a transformers GPT-2 reference, alternated.",
+                      flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print the results as one JSON line, the last line of stdout.", flag_values=fv)
+    flags.DEFINE_integer("matmul_runs", 10, "CPU only: runs of the 2048^3 matmul (the best is the peak).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("eval_batch", 0, "Scorer rows per batch (0 = train.batch_size).", flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
 
 
 if __name__ == "__main__":
-    from absl import app
+    from gpt2jax import cli
 
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

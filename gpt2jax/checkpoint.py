@@ -32,16 +32,9 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 from etils import epath
 
 from gpt2jax import config as config_lib
+from gpt2jax.errors import CheckpointError, CorruptCheckpointError
 
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing or does not fit what is asked of it."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A committed checkpoint cannot be read back intact (truncated, corrupted or missing files)."""
 
 
 def _path(path) -> epath.Path:

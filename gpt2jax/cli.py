@@ -14,43 +14,40 @@ Each tool defines its flags on a FlagValues it is given and reads them back from
 `run` parses the command line and calls `main`. A mistake a user can make -- a bad flag, a missing or
 broken --config file, a misspelt config key, a bad config value, missing or malformed data, a wrong
 checkpoint, a full disk, another run holding the workdir -- ends the command with a non-zero exit
-status (2 for flags, 1 otherwise, 130 for Ctrl-C) and one last stderr line `error: ...` naming the
-field, file, path or step. The traceback is shown only with --debug or GPT2JAX_DEBUG=1. Anything else
-(a bug) raises as usual.
+status (2 for flags and sweep specs, 1 otherwise, 130 for Ctrl-C) and one last stderr line
+`error: ...` naming the field, file, path or step: every such error is a `gpt2jax.errors.UserError`
+(or an OSError from the system, or absl's flag and usage errors). The traceback is shown only with
+--debug or GPT2JAX_DEBUG=1. Anything else (a bug) raises as usual. `--help` prints the tool's
+docstring and flags and exits 0 (`--helpfull`: every flag).
+
+A `--config` flag takes a path or the name of a shipped config (`--config=tiny`, gpt2jax/configs/).
 
 `call(main, define_flags, argv)` does the same on a private FlagValues and returns the exit status:
-tests run a tool in-process with it. A tool with error classes of its own (e.g. an experiment
-runner's) passes them as `run(main, define_flags, user_errors=(SweepError,))`.
+tests run a tool in-process with it. The console scripts (`gpt2jax-train`, ...) are the functions at
+the bottom, one per tool.
 """
 
 from __future__ import annotations
 
 import difflib
 import errno
+import importlib
 import os
 import sys
 import traceback
 
 from absl import app, flags
 
-# (module, class) of the errors a user can cause. Looked up only in modules already imported (an
-# exception of a class can only be raised once its module is loaded), so importing this module stays
-# cheap and imports no JAX (plan.py must set XLA_FLAGS before JAX is imported).
-USER_ERRORS = (
-    ("gpt2jax.config", "ConfigError"),
-    ("gpt2jax.data.sources", "DataError"),
-    ("gpt2jax.checkpoint", "CheckpointError"),
-    ("gpt2jax.convert", "ConversionError"),
-    ("gpt2jax.eval.tasks", "MissingTaskData"),
-    ("gpt2jax.eval.tasks", "TaskError"),
-    ("gpt2jax.tokenizer", "TokenizerFileError"),
-    ("gpt2jax.lock", "LockError"),
-    ("gpt2jax.train", "NonFiniteError"),
-)
+from gpt2jax import configs
+from gpt2jax.errors import FlagsError, UserError
+
+__all__ = ["FlagsError", "call", "describe", "parse", "run"]
+
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--nohelp", "--helpfull")
 
 
-class FlagsError(Exception):
-    """The command line cannot be parsed; the message names the flag."""
+class _HelpShown(Exception):
+    """--help was given and printed: exit 0."""
 
 
 def define_common_flags(fv) -> None:
@@ -59,12 +56,7 @@ def define_common_flags(fv) -> None:
 
 
 def user_error_types() -> tuple:
-    out = [flags.Error, app.UsageError, FlagsError, OSError]
-    for module, name in USER_ERRORS:
-        mod = sys.modules.get(module)
-        if mod is not None and hasattr(mod, name):
-            out.append(getattr(mod, name))
-    return tuple(out)
+    return (flags.Error, app.UsageError, UserError, OSError)
 
 
 def _one_line(text: str) -> str:
@@ -73,12 +65,20 @@ def _one_line(text: str) -> str:
 
 def describe(e: BaseException) -> str:
     """The `error: ...` text for a user error."""
-    if isinstance(e, OSError) and not type(e).__module__.startswith("gpt2jax"):  # from the system
+    if isinstance(e, OSError) and not isinstance(e, UserError):  # from the system
         if e.errno == errno.ENOSPC:
             return "disk full (no space left on device)" + (f" writing {e.filename}" if e.filename else "")
         if e.strerror and e.filename:
             return f"{e.strerror}: {e.filename}"
     return _one_line(str(e)) or type(e).__name__
+
+
+def exit_status(e: BaseException) -> int:
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    if isinstance(e, (flags.Error, app.UsageError)):
+        return 2
+    return int(getattr(e, "exit_status", 1))
 
 
 def _debug(fv) -> bool:
@@ -124,6 +124,20 @@ def _flag_arg(name: str, argv) -> str | None:
     return value
 
 
+def _with_config_paths(names, argv) -> list[str]:
+    """argv with each --NAME (a config flag) value that names a shipped config replaced by its path."""
+    out = list(argv)
+    for i, arg in enumerate(out[1:], 1):
+        if arg == "--":
+            break
+        for name in names:
+            if arg.startswith(f"--{name}="):
+                out[i] = f"--{name}=" + configs.resolve(arg.split("=", 1)[1])
+            elif arg == f"--{name}" and i + 1 < len(out):
+                out[i + 1] = configs.resolve(out[i + 1])
+    return out
+
+
 def _explain_config_failure(name: str, argv, error: Exception) -> str:
     """Why parsing --NAME (a config file) or one of its --NAME.a.b overrides failed."""
     from ml_collections import config_flags
@@ -132,7 +146,7 @@ def _explain_config_failure(name: str, argv, error: Exception) -> str:
     if path is None:
         return f"--{name}: {type(error).__name__}: {_one_line(error)}"
     if not os.path.isfile(path.split(":", 1)[0]):
-        return f"--{name}={path}: no such config file"
+        return f"--{name}={path}: no such config file (a path, or one of {', '.join(configs.names())})"
     alone = flags.FlagValues()  # the file without the overrides: does it load?
     alone_argv = ["prog", f"--{name}={path}"]
     config_flags.DEFINE_config_file(name, None, "", flag_values=alone, lock_config=True, sys_argv=alone_argv)
@@ -158,8 +172,31 @@ def _explain_config_failure(name: str, argv, error: Exception) -> str:
     return f"--{name}={path}: {type(error).__name__}: {_one_line(error)}"
 
 
-def parse(fv, argv) -> list[str]:
-    """Parse `argv` into `fv`; FlagsError naming the flag (or config file, or config key) on failure."""
+def _help_text(fv, define_flags, full: bool) -> str:
+    if full:
+        return fv.get_help()
+    module = define_flags.__module__
+    doc = (getattr(sys.modules.get(module), "__doc__", None) or "").strip()
+    # absl files a flag under the defining module's name, or sys.argv[0] for __main__'s.
+    key = sys.argv[0] if module == "__main__" else module
+    parts = [doc] if doc else []
+    for name in (key, __name__):
+        text = fv.module_help(name)
+        if text.strip():
+            parts.append(text)
+    parts.append("Try --helpfull to get a list of all flags.")
+    return "\n\n".join(parts) + "\n"
+
+
+def parse(fv, argv, define_flags=None) -> list[str]:
+    """Parse `argv` into `fv`; FlagsError naming the flag (or config file, or config key) on failure.
+    With --help (and `define_flags`, whose module's docstring and flags it prints), _HelpShown."""
+    if define_flags is not None:
+        asked = [a for a in argv[1:] if a in HELP_FLAGS or a.startswith("--help=")]
+        if asked:
+            print(_help_text(fv, define_flags, full="--helpfull" in asked), end="", flush=True)
+            raise _HelpShown()
+    argv = _with_config_paths(_config_flag_names(fv), argv)
     try:
         rest = fv(argv)
     except flags.Error as e:
@@ -182,18 +219,18 @@ def _report(e: BaseException, fv) -> int:
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
     print(f"error: {describe(e)}", file=sys.stderr, flush=True)
-    return 2 if isinstance(e, (flags.Error, app.UsageError, FlagsError)) else 1
+    return exit_status(e)
 
 
-def _run_main(main, argv, fv, user_errors=()) -> int:
+def _run_main(main, argv, fv) -> int:
     try:
         out = main(argv, fv)
         return int(out or 0)
-    except (KeyboardInterrupt, *user_error_types(), *user_errors) as e:
+    except (KeyboardInterrupt, *user_error_types()) as e:
         return _report(e, fv)
 
 
-def call(main, define_flags, argv, *, user_errors=()) -> int:
+def call(main, define_flags, argv) -> int:
     """Run a tool in-process on fresh flags; returns its exit status (as `run` would exit with)."""
     argv = list(argv)
     fv = flags.FlagValues()
@@ -202,15 +239,17 @@ def call(main, define_flags, argv, *, user_errors=()) -> int:
     try:
         define_flags(fv)
         define_common_flags(fv)
-        rest = parse(fv, argv)
+        rest = parse(fv, argv, define_flags)
+    except _HelpShown:
+        return 0
     except FlagsError as e:
         return _report(e, fv)
     finally:
         sys.argv = saved
-    return _run_main(main, rest, fv, tuple(user_errors))
+    return _run_main(main, rest, fv)
 
 
-def run(main, define_flags, *, user_errors=()) -> None:
+def run(main, define_flags) -> None:
     """The `if __name__ == "__main__":` entry point of a tool: parse, run, exit."""
     fv = flags.FLAGS
     define_flags(fv)
@@ -218,8 +257,52 @@ def run(main, define_flags, *, user_errors=()) -> None:
 
     def parser(argv):
         try:
-            return parse(fv, argv)
+            return parse(fv, argv, define_flags)
+        except _HelpShown:
+            sys.exit(0)
         except FlagsError as e:
             sys.exit(_report(e, fv))
 
-    app.run(lambda argv: _run_main(main, argv, fv, tuple(user_errors)), flags_parser=parser)
+    app.run(lambda argv: _run_main(main, argv, fv), flags_parser=parser)
+
+
+# ---------------------------------------------------------------------------------------- console scripts
+def _tool(name: str) -> None:
+    module = importlib.import_module(f"gpt2jax.{name}")
+    run(module.main, module.define_flags)
+
+
+def prepare() -> None:
+    _tool("prepare")
+
+
+def train() -> None:
+    _tool("train")
+
+
+def sample() -> None:
+    _tool("sample")
+
+
+def evaluate() -> None:
+    _tool("evaluate")
+
+
+def convert() -> None:
+    _tool("convert")
+
+
+def plan() -> None:
+    _tool("plan")
+
+
+def bench() -> None:
+    _tool("bench")
+
+
+def sweep() -> None:
+    _tool("sweep")
+
+
+def analyze() -> None:
+    _tool("analyze")

@@ -21,6 +21,8 @@ import math
 
 import ml_collections
 
+from gpt2jax.errors import ConfigError
+
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("xla", "cudnn")
 REMAT = ("none", "full", "dots", "dots_no_batch")
@@ -44,10 +46,6 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("layers", None),
 )
-
-
-class ConfigError(ValueError):
-    """A config field has a value that cannot work. The message names the field."""
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gpt2jax import config as config_lib
+from gpt2jax.errors import ConversionError
 from gpt2jax.model import ModelConfig, count_params, param_shapes
 from gpt2jax.tokenizer import EOT, EOT_TEXT
 
@@ -56,10 +57,6 @@ LAYER_MAP = (
 TOP_MAP = (("wpe.weight", ("wpe",)), ("ln_f.weight", ("ln_f", "scale")), ("ln_f.bias", ("ln_f", "bias")))
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class ConversionError(ValueError):
-    """A checkpoint cannot be converted; the message names the file, field or tensor."""
 
 
 def hf_shapes(m) -> dict:

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every writer: atomic JSON, file digests.
+"""Small file helpers shared by every writer: atomic JSON and text, file digests.
 
 A reader never sees a half-written JSON file: `write_json_atomic` writes a temporary file beside the
 target, flushes it to disk and renames it over the target (a rename within one directory is atomic on
@@ -30,6 +30,14 @@ def write_json_atomic(path, obj, *, indent: int = 2, default=None) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` through a temporary name beside it, then rename it over the target."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def sha256_file(path, open_=open, chunk: int = 1 << 22) -> str:

@@ -25,13 +25,11 @@ import sys
 import threading
 import time
 
+from gpt2jax.errors import LockError
+
 LOCK_NAME = "writer.lock"
 STALE_AFTER_S = 600.0
 HEARTBEAT_S = 30.0
-
-
-class LockError(RuntimeError):
-    """Another writer holds the workdir; the message names it and what to do."""
 
 
 def _pid_alive(pid: int) -> bool:

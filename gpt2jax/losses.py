@@ -1,10 +1,14 @@
-"""Cross-entropy over the LM head without materialising the [B, T, V] logits.
+"""The language-model losses: the dense cross-entropy, two that never hold the [B, T, V] logits whole, and
+`lm_loss`, the next-token loss of a model on a batch as the Trainer computes it.
 
+    loss = cross_entropy(logits_BTV, targets_BT)                                   # dense logits
     loss = blockwise_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size, block=2048)
+    loss = fused_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size, rows=256)
+    loss = lm_loss(model, params, tokens, config=config, mesh=mesh)   # tokens [B, T + 1]: the Trainer's loss
 
-h_BTD: final hidden states AFTER the final LayerNorm; w_VD: the head matrix ([padded_vocab, D], the
-tied token embedding for GPT-2). The result equals `gpt2jax.model.cross_entropy(h @ w.T, targets)`
-with rows >= vocab_size masked out, up to fp32 rounding.
+The two without logits take h_BTD, the final hidden states AFTER the final LayerNorm, and w_VD, the head
+matrix ([padded_vocab, D], the tied token embedding for GPT-2). Their result equals
+`cross_entropy(h @ w.T, targets)` with rows >= vocab_size masked out, up to fp32 rounding.
 
 How: the vocabulary is walked in blocks of `block` rows of w. For each block the [N, block] fp32
 logits are formed, folded into a running (max, sum of exponentials) pair -- the online logsumexp --
@@ -36,7 +40,24 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gpt2jax import sharding as shd
+from gpt2jax.model import head_weight, output_multiplier
+
 DEFAULT_BLOCK = 2048
+
+
+def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
+    """Mean next-token cross-entropy in fp32 (nats). mask_BT weights positions (1 = counted).
+
+    Written as logsumexp(logits) - logit[target], which never materialises the log-probabilities
+    (on CPU this form's forward+backward is about 1.5x faster than log_softmax + gather)."""
+    logits = logits_BTV.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+    if mask_BT is None:
+        return nll.mean()
+    mask_BT = mask_BT.astype(jnp.float32)
+    return (nll * mask_BT).sum() / jnp.maximum(mask_BT.sum(), 1.0)
 
 
 def _num_blocks(V: int, block: int) -> int:
@@ -133,7 +154,7 @@ def blockwise_nll(h_ND, w_VD, targets_N, vocab_size: int, block: int = DEFAULT_B
 
 
 def blockwise_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, block: int = DEFAULT_BLOCK):
-    """Mean next-token cross-entropy in fp32 (nats), like `gpt2jax.model.cross_entropy` of the head's
+    """Mean next-token cross-entropy in fp32 (nats), like `cross_entropy` of the head's
     logits, without ever holding them. mask_BT weights positions (1 = counted)."""
     B, T, D = h_BTD.shape
     nll = blockwise_nll(h_BTD.reshape(B * T, D), w_VD, targets_BT.reshape(B * T), vocab_size, block)
@@ -243,7 +264,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def fused_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, rows: int = 256):
     """Mean next-token cross-entropy in fp32 (nats) of softmax(h @ w[:vocab_size].T), like
-    `gpt2jax.model.cross_entropy` of the head's logits, computed `rows` tokens at a time with the
+    `cross_entropy` of the head's logits, computed `rows` tokens at a time with the
     gradients formed in the forward pass (see above). mask_BT weights positions (1 = counted)."""
     V = w_VD.shape[0]
     if not 0 < vocab_size <= V:
@@ -256,3 +277,24 @@ def fused_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, 
     m = m / jnp.maximum(m.sum(), 1.0)
     return _fused(h_BTD.reshape(N, D), w_VD, targets_BT.reshape(N).astype(jnp.int32),
                   jax.lax.stop_gradient(m), int(vocab_size), int(min(rows, N)))
+
+
+def lm_loss(model, params, tokens, key=None, *, config, mesh):
+    """The mean next-token cross-entropy (nats) of `model` (a gpt2jax.model.GPT2) on `tokens`, [B, T + 1]
+    token ids: inputs tokens[:, :-1], targets tokens[:, 1:]. The loss the Trainer trains and evaluates:
+    dense logits, or with config.train.loss_rows the fused and with loss_block the blockwise cross-entropy
+    (the logits never held whole); dropout on when `key` (a PRNG key) is given; the activation layouts
+    from config.mesh.rules on `mesh`. Call it inside jax.jit."""
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
+    block, rows = config.train.loss_block, config.train.loss_rows
+    with shd.activation_context(config, mesh):  # activation layouts from mesh.rules
+        if not (block or rows):
+            return cross_entropy(model.apply({"params": params}, x, **kw), y)
+        h = model.apply({"params": params}, x, return_hidden=True, **kw)
+        m = model.config  # the frozen ModelConfig
+        if m.mup:
+            h = h * output_multiplier(m)
+        if rows:
+            return fused_cross_entropy(h, head_weight(params, m), y, m.vocab_size, rows=rows)
+        return blockwise_cross_entropy(h, head_weight(params, m), y, m.vocab_size, block=block)

@@ -205,7 +205,8 @@ def define_flags(fv) -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", flag_values=fv, lock_config=True)
-    flags.DEFINE_integer("devices", 0, "Simulate this many CPU devices (0: the devices present).", flag_values=fv)
+    flags.DEFINE_integer("devices", 0, "Simulate this many CPU devices (0: the devices present).", lower_bound=0,
+                         flag_values=fv)
     flags.DEFINE_float("device_memory_gib", 0.0, "Per-device memory to check the plan against "
                        "(0: what the accelerator reports; unknown on CPU).", flag_values=fv)
     flags.DEFINE_boolean("compile", True, "Compile the step for XLA's memory and FLOPs estimates "

@@ -19,6 +19,8 @@ import json
 import numpy as np
 import tiktoken
 
+from gpt2jax.errors import TokenizerFileError
+
 EOT = 50256
 N_VOCAB = 50257
 EOT_TEXT = "<|endoftext|>"
@@ -31,10 +33,6 @@ GPT2_PATTERN = (
 VOCAB_HASH = hashlib.sha256(
     (ENCODER_JSON_SHA256 + VOCAB_BPE_SHA256).encode()
 ).hexdigest()[:16]
-
-
-class TokenizerFileError(ValueError):
-    """A vocabulary file is missing or does not have the expected sha256."""
 
 
 def vocab_files() -> tuple[str, str]:

@@ -40,12 +40,11 @@ from gpt2jax import metrics as metrics_lib
 from gpt2jax import sharding as shd
 from gpt2jax import wandb_log
 from gpt2jax.data import loader
+from gpt2jax.errors import NonFiniteError
 from gpt2jax.fileio import write_json_atomic
 from gpt2jax.lock import WorkdirLock
-from gpt2jax.losses import blockwise_cross_entropy, fused_cross_entropy
-from gpt2jax.model import (
-    GPT2, abstract_params, count_params, cross_entropy, head_weight, init_params, output_multiplier,
-)
+from gpt2jax.losses import lm_loss
+from gpt2jax.model import GPT2, abstract_params, count_params, init_params
 from gpt2jax.optim import make_optimizer, schedule
 
 # Sections whose change would make a resumed run a different experiment.
@@ -120,20 +119,7 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------------------------
     def _loss(self, params, batch_BT1, key):
-        x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
-        kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
-        block, rows = self.config.train.loss_block, self.config.train.loss_rows
-        with shd.activation_context(self.config, self.mesh):  # activation layouts from mesh.rules
-            if not (block or rows):
-                return cross_entropy(self.model.apply({"params": params}, x, **kw), y)
-            # The [B, T, V] logits are never held whole (gpt2jax/losses.py).
-            h = self.model.apply({"params": params}, x, return_hidden=True, **kw)
-            m = self.model.config  # the frozen ModelConfig
-            if m.mup:
-                h = h * output_multiplier(m)
-            if rows:
-                return fused_cross_entropy(h, head_weight(params, m), y, m.vocab_size, rows=rows)
-            return blockwise_cross_entropy(h, head_weight(params, m), y, m.vocab_size, block=block)
+        return lm_loss(self.model, params, batch_BT1, key, config=self.config, mesh=self.mesh)
 
     def _train_step(self, params, opt_state, batch_BT1, step):
         cfg = self.config
@@ -363,14 +349,6 @@ def _copy_tokenizer_file(record, data_dir: str, workdir: str) -> None:
     tmp = f"{dst}.{os.getpid()}.tmp"
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-
-
-class NonFiniteError(FloatingPointError):
-    """A non-finite loss or gradient with train.nonfinite='stop'. `step` is the bad update's step."""
-
-    def __init__(self, message: str, step: int):
-        super().__init__(message)
-        self.step = step
 
 
 class _closing_on_error:
@@ -645,10 +623,12 @@ class Loop:
         s, o = bad[0]
         loss, gnorm = float(o["loss"]), float(o["grad_norm"])
         what = "loss" if not np.isfinite(loss) else "gradient"
+        latest = self.ckpt.latest_step()
         raise NonFiniteError(
             f"non-finite {what} at step {s} (loss {loss}, grad_norm {gnorm}): stopped without saving; "
-            f"the latest checkpoint is step {self.ckpt.latest_step()}. Lower optim.lr, or set "
-            "train.nonfinite='skip' to skip such updates",
+            + (f"the latest checkpoint is step {latest}, where the same command resumes. " if latest is not None
+               else "there is no checkpoint yet, so the same command starts over. ")
+            + "Lower optim.lr (or lengthen optim.warmup_steps), or set train.nonfinite='skip' to skip such updates",
             step=s,
         )
 

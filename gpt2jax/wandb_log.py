@@ -24,13 +24,10 @@ import math
 import os
 
 from gpt2jax.config import ConfigError
+from gpt2jax.errors import WandbMissing
 
 MODES = ("", "online", "offline", "disabled")
 INSTALL_HINT = "Weights & Biases is not installed; install it with  pip install -e '.[wandb]'  (or  pip install wandb)"
-
-
-class WandbMissing(ImportError):
-    """config.train.wandb.project is set but wandb is not installed."""
 
 
 def enabled(config) -> bool:

@@ -1,4 +1,4 @@
-"""experiments.analyze / fits: known laws fitted back, run collection, CSV input, IsoFLOP and frontier
+"""gpt2jax-analyze / gpt2jax.scaling (table, fits, analysis, planner): known laws fitted back, run collection, CSV input, IsoFLOP and frontier
 fits, the planner, and the errors a user can cause. No training: run directories are written here in
 the formats gpt2jax.train and experiments.sweep write."""
 
@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import analyze, fits
+from gpt2jax.errors import AnalysisError
+from gpt2jax.scaling import analysis, fits, planner, table
 from tests.conftest import ROOT
 
 HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -22,7 +23,7 @@ NOISE = 0.005  # standard deviation of the noise in log L
 
 def _cli(*args, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "experiments.analyze", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gpt2jax.analyze", *args], capture_output=True,
                           text=True, env=env, cwd=str(ROOT), timeout=timeout)
 
 
@@ -230,12 +231,12 @@ def test_collect_root_writes_runs_csv(tmp_path):
 
 
 def test_isoflop_sweep_end_to_end_and_planner(tmp_path):
-    from experiments import synthetic
+    from gpt2jax.scaling import synthetic
 
     root = tmp_path / "iso"
     synthetic.write_sweep(str(root), "isoflop", seed=0)
     out = tmp_path / "out"
-    analyze.analyze(analyze.collect(str(root)), str(out), {"root": str(root)}, n_boot=20)
+    analysis.analyze(table.collect(str(root)), str(out), {"root": str(root)}, n_boot=20)
     f = json.loads((out / "fits.json").read_text())
     assert f["n_finished"] == 20
     assert f["isoflop"]["a"] == pytest.approx(0.28 / 0.62, rel=0.1)
@@ -249,7 +250,7 @@ def test_isoflop_sweep_end_to_end_and_planner(tmp_path):
     want = fits.optimal_allocation(f["chinchilla"], 1e21)
     line = next(s for s in res.stdout.splitlines() if s.startswith("chinchilla law"))
     assert f"N_opt = {want['N_opt']:.4g} parameters" in line and f"D_opt = {want['D_opt']:.4g}" in line
-    shape = analyze.nearest_shape(want["N_opt"], f["count_basis"])
+    shape = planner.nearest_shape(want["N_opt"], f["count_basis"])
     assert f"n_layer={shape['n_layer']}, n_embd={shape['n_embd']}, n_head={shape['n_head']}" in res.stdout
     assert abs(math.log(shape["params"] / want["N_opt"])) < math.log(1.1)
     pred = fits.chinchilla_predict(f["chinchilla"], shape["params"], 1e21 / (6 * shape["params"]))
@@ -257,7 +258,7 @@ def test_isoflop_sweep_end_to_end_and_planner(tmp_path):
 
 
 def test_nearest_shape_finds_gpt2_124m():
-    s = analyze.nearest_shape(124_439_808)
+    s = planner.nearest_shape(124_439_808)
     assert (s["n_layer"], s["n_embd"], s["n_head"]) == (12, 768, 12)
     assert s["params"] == 124_439_808
 
@@ -265,12 +266,12 @@ def test_nearest_shape_finds_gpt2_124m():
 def test_planner_without_a_chinchilla_fit():
     iso = {"a": 0.5, "log_k": math.log(0.1)}  # N_opt = 0.1 sqrt(C)
     fr = {"E": 0.0, "alpha": 0.05, "log_C_c": math.log(2e22)}
-    p = analyze.plan({"chinchilla": {"skipped": "one budget"}, "isoflop": iso, "frontier": fr}, 1e20)
+    p = planner.plan({"chinchilla": {"skipped": "one budget"}, "isoflop": iso, "frontier": fr}, 1e20)
     assert p["law"] == "isoflop" and p["N_opt"] == pytest.approx(1e9)
     assert p["D_opt"] == pytest.approx(1e20 / 6e9)
     assert p["loss"] == pytest.approx((2e22 / 1e20) ** 0.05) and "frontier" in p["loss_from"]
-    with pytest.raises(analyze.AnalysisError, match="no law for the compute-optimal size"):
-        analyze.plan({"chinchilla": {"skipped": "x"}, "isoflop": {"skipped": "y"}}, 1e20)
+    with pytest.raises(AnalysisError, match="no law for the compute-optimal size"):
+        planner.plan({"chinchilla": {"skipped": "x"}, "isoflop": {"skipped": "y"}}, 1e20)
 
 
 def test_csv_input(tmp_path):
@@ -283,8 +284,8 @@ def test_csv_input(tmp_path):
         fh.write("params,tokens,loss,note\n")
         for x, l in zip(n, loss):
             fh.write(f"{x:.6g},2e10,{l:.6f},from a table\n")
-    runs = analyze.read_csv(str(path))
-    f = analyze.run_fits(runs, n_boot=20, power_law_e0=True)
+    runs = table.read_csv(str(path))
+    f = analysis.run_fits(runs, n_boot=20, power_law_e0=True)
     assert f["n_finished"] == 9
     assert f["power_law_n"]["alpha"] == pytest.approx(0.076, rel=0.05)
     assert f["power_law_n"]["N"].startswith("params ")  # no params_non_embedding column: said so
@@ -296,27 +297,27 @@ def test_csv_input(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Errors a user can cause: one line naming the file, non-zero exit, no traceback
 def test_errors_name_the_file(tmp_path):
-    with pytest.raises(analyze.AnalysisError, match="no such directory"):
-        analyze.collect(str(tmp_path / "missing"))
+    with pytest.raises(AnalysisError, match="no such directory"):
+        table.collect(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(analyze.AnalysisError, match="no runs"):
-        analyze.collect(str(tmp_path / "empty"))
+    with pytest.raises(AnalysisError, match="no runs"):
+        table.collect(str(tmp_path / "empty"))
     bad = tmp_path / "bad.csv"
     bad.write_text("params,loss\n1e6,3.0\n")
-    with pytest.raises(analyze.AnalysisError, match=r"bad.csv: missing column\(s\) tokens"):
-        analyze.read_csv(str(bad))
+    with pytest.raises(AnalysisError, match=r"bad.csv: missing column\(s\) tokens"):
+        table.read_csv(str(bad))
     bad.write_text("params,tokens,loss\n1e6,lots,3.0\n")
-    with pytest.raises(analyze.AnalysisError, match=r"bad.csv:2: column 'tokens' is not a number"):
-        analyze.read_csv(str(bad))
+    with pytest.raises(AnalysisError, match=r"bad.csv:2: column 'tokens' is not a number"):
+        table.read_csv(str(bad))
     root = tmp_path / "garbage"
     _write_run(root, "r", 2, 64, 40, [(40, 4.5)])
     with open(root / "r" / "metrics.jsonl", "a") as fh:
         fh.write("{not json\n")
-    with pytest.raises(analyze.AnalysisError, match=r"r/metrics.jsonl:2: not valid JSON"):
-        analyze.collect(str(root))
+    with pytest.raises(AnalysisError, match=r"r/metrics.jsonl:2: not valid JSON"):
+        table.collect(str(root))
     (root / "r" / "run.json").write_text("{\"params\": ")
-    with pytest.raises(analyze.AnalysisError, match=r"r/run.json: not valid JSON"):
-        analyze.collect(str(root))
+    with pytest.raises(AnalysisError, match=r"r/run.json: not valid JSON"):
+        table.collect(str(root))
 
     res = _cli(f"--root={root}", f"--out={tmp_path / 'o'}")
     assert res.returncode != 0 and "Traceback" not in res.stderr

@@ -25,7 +25,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokeniz
 
 from gpt2jax import checkpoint, convert
 from gpt2jax.config import padded_vocab, validate
-from gpt2jax.model import GPT2, cross_entropy
+from gpt2jax.losses import cross_entropy
+from gpt2jax.model import GPT2
 from gpt2jax.tokenizer import get_tokenizer, vocab_files
 
 V = 50257

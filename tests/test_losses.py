@@ -1,12 +1,12 @@
-"""gpt2jax.losses: the blockwise and fused cross-entropies against the dense head + gpt2jax.model.cross_entropy."""
+"""gpt2jax.losses: the blockwise and fused cross-entropies against the dense head + cross_entropy."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax.losses import blockwise_cross_entropy, fused_cross_entropy
-from gpt2jax.model import NEG_INF, cross_entropy
+from gpt2jax.losses import blockwise_cross_entropy, cross_entropy, fused_cross_entropy
+from gpt2jax.model import NEG_INF
 
 B, T, D = 4, 64, 32
 VOCAB, PADDED = 1000, 1024
@@ -158,3 +158,13 @@ def test_loss_block_validated():
     c.train.loss_block, c.train.loss_rows = 128, 256
     with pytest.raises(config_lib.ConfigError, match="train.loss_rows.*set one"):
         config_lib.validate(c)
+
+
+def test_cross_entropy_matches_log_softmax():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 11)) * 3
+    y = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 11)
+    ref = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(y)[..., None], -1).mean()
+    assert float(cross_entropy(logits, y)) == pytest.approx(float(ref), rel=1e-6)
+    mask = jnp.zeros((2, 5)).at[0, :2].set(1)
+    ref_m = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(y)[..., None], -1)[0, :2].mean()
+    assert float(cross_entropy(logits, y, mask)) == pytest.approx(float(ref_m), rel=1e-6)

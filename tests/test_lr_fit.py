@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import fits
+from gpt2jax.scaling import analysis, fits, planner, plots
 
 
 def _sweep(k=2.0, x=0.3, seeds=2, noise=0.002, rng_seed=0):
@@ -51,9 +51,9 @@ def test_analyze_fits_lr_from_a_grid_and_the_planner_prints_it(tmp_path):
     runs = [{"name": f"r{i}", "status": "finished", "fields": {"optim.lr": g}, "curve": None, "val_curve": None,
              "params": n, "params_non_embedding": n, "tokens": 20 * n * 2.0 ** (i % 3), "loss": l}
             for i, (n, g, l) in enumerate(zip(size, lr, loss))]
-    out = analyze.analyze(runs, str(tmp_path), {"test": True}, n_boot=20, plots=False)
+    out = analysis.analyze(runs, str(tmp_path), {"test": True}, n_boot=20, plots=False)
     assert out["lr"]["x"] == pytest.approx(0.3, rel=0.05)
-    assert analyze._plot_lr(out["lr"], str(tmp_path)) == "lr_opt_vs_params.png"
+    assert plots.plot_lr(out["lr"], str(tmp_path)) == "lr_opt_vs_params.png"
     assert (tmp_path / "lr_opt_vs_params.png").stat().st_size > 1000
-    text = analyze.format_plan(analyze.plan({**out, "isoflop": {"a": 0.5, "log_k": math.log(0.1)}}, 1e15))
+    text = planner.format_plan(planner.plan({**out, "isoflop": {"a": 0.5, "log_k": math.log(0.1)}}, 1e15))
     assert "predicted learning rate" in text

@@ -1,4 +1,4 @@
-"""experiments/sweep.py: specs and helpers, clear errors, dry-run commands of every launcher, and a
+"""gpt2jax-sweep (gpt2jax/sweep.py, gpt2jax/scaling): specs and helpers, clear errors, dry-run commands of every launcher, and a
 real two-run local sweep (records, skip when finished, resume when interrupted)."""
 
 import json
@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from experiments import launchers
-from experiments import sweep as sw
+from gpt2jax import sweep as sweep_cli
+from gpt2jax.errors import SweepError
+from gpt2jax.scaling import launch, overrides, resolve, slurm
+from gpt2jax.scaling import spec as spec_lib
 from gpt2jax.model import num_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,7 +24,7 @@ TINY = "configs/tiny.py"
 
 def write_spec(tmp_path, body: str, name: str = "spec.py") -> str:
     path = tmp_path / name
-    path.write_text("from experiments.sweep import *\n\n" + body)
+    path.write_text("from gpt2jax.scaling import *\n\n" + body)
     return str(path)
 
 
@@ -40,7 +42,7 @@ def get_sweep():
 
 # -- helpers ----------------------------------------------------------------------------------
 def test_grid_is_the_product_of_its_axes():
-    runs = sw.grid("g", TINY, {"optim.lr": [1e-3, 3e-3], "model.n_embd": [32, 64, 128]}, overrides={"train.num_steps": 3})
+    runs = spec_lib.grid("g", TINY, {"optim.lr": [1e-3, 3e-3], "model.n_embd": [32, 64, 128]}, overrides={"train.num_steps": 3})
     assert len(runs) == 6
     assert len({r.name for r in runs}) == 6
     assert {(r.overrides["optim.lr"], r.overrides["model.n_embd"]) for r in runs} == {
@@ -52,8 +54,8 @@ def test_grid_is_the_product_of_its_axes():
 
 def test_ladder_heads_lr_and_token_rules():
     shapes = [(1, 32), (2, 64), (4, 128)]
-    runs = sw.ladder("lad", TINY, shapes, batch_size=4, seq_len=32, tokens=1000, head_dim=32)
-    planned = sw.plan(sw.Sweep(runs=runs), "x")
+    runs = spec_lib.ladder("lad", TINY, shapes, batch_size=4, seq_len=32, tokens=1000, head_dim=32)
+    planned = resolve.plan(spec_lib.Sweep(runs=runs), "x")
     for (n_layer, n_embd), p in zip(shapes, planned):
         m = p.config.model
         assert (m.n_layer, m.n_embd, m.n_head, m.block_size) == (n_layer, n_embd, n_embd // 32, 32)
@@ -67,9 +69,9 @@ def test_ladder_heads_lr_and_token_rules():
     assert lrs == sorted(lrs, reverse=True)  # bigger model, smaller lr
 
     # Fixed heads, lr scaled as 1/width from a base, tokens = k x params
-    runs = sw.ladder("w", TINY, [(2, 64), (2, 128)], batch_size=4, seq_len=32, tokens_per_param=2,
+    runs = spec_lib.ladder("w", TINY, [(2, 64), (2, 128)], batch_size=4, seq_len=32, tokens_per_param=2,
                      count="total", n_head=4, lr=1e-3, lr_base_width=64)
-    planned = sw.plan(sw.Sweep(runs=runs), "x")
+    planned = resolve.plan(spec_lib.Sweep(runs=runs), "x")
     assert [p.config.model.n_head for p in planned] == [4, 4]
     assert [p.config.optim.lr for p in planned] == [1e-3, 5e-4]
     for p in planned:
@@ -78,8 +80,8 @@ def test_ladder_heads_lr_and_token_rules():
 
 def test_isoflop_tokens_are_budget_over_6n_and_record_the_budget():
     budgets, shapes = [1e12, 4e12], [(1, 32), (2, 64), (2, 128)]
-    runs = sw.isoflop("iso", TINY, budgets, shapes, batch_size=4, seq_len=32, head_dim=32)
-    planned = sw.plan(sw.Sweep(runs=runs), "x")
+    runs = spec_lib.isoflop("iso", TINY, budgets, shapes, batch_size=4, seq_len=32, head_dim=32)
+    planned = resolve.plan(spec_lib.Sweep(runs=runs), "x")
     assert len(planned) == 6
     for p in planned:
         C, N = p.record["budget_flops"], p.record["params"]
@@ -90,7 +92,7 @@ def test_isoflop_tokens_are_budget_over_6n_and_record_the_budget():
     at = [p.record["tokens"] for p in planned if p.record["budget_flops"] == 1e12]
     assert at == sorted(at, reverse=True)
     # runs too short for min_steps are left out
-    few = sw.isoflop("iso", TINY, [1e12], shapes, batch_size=4, seq_len=32, head_dim=32, min_steps=10**9)
+    few = spec_lib.isoflop("iso", TINY, [1e12], shapes, batch_size=4, seq_len=32, head_dim=32, min_steps=10**9)
     assert few == []
 
 
@@ -109,8 +111,8 @@ def test_isoflop_tokens_are_budget_over_6n_and_record_the_budget():
 )
 def test_bad_spec_is_one_clear_error(tmp_path, body, expected):
     path = write_spec(tmp_path, body)
-    with pytest.raises(sw.SweepError) as e:
-        sw.plan(sw.load_spec(path), path)
+    with pytest.raises(SweepError) as e:
+        resolve.plan(resolve.load_spec(path), path)
     assert expected in str(e.value)
 
 
@@ -125,14 +127,14 @@ def test_bad_spec_is_one_clear_error(tmp_path, body, expected):
     ],
 )
 def test_bad_override_names_the_run_and_field(overrides, expected):
-    runs = [sw.Run("good", TINY), sw.Run("bad", TINY, overrides)]
-    with pytest.raises(sw.SweepError) as e:
-        sw.plan(sw.Sweep(runs=runs), "x")
+    runs = [spec_lib.Run("good", TINY), spec_lib.Run("bad", TINY, overrides)]
+    with pytest.raises(SweepError) as e:
+        resolve.plan(spec_lib.Sweep(runs=runs), "x")
     assert expected in str(e.value)
 
 
 def test_string_overrides_parse_to_the_field_type():
-    p = sw.plan(sw.Sweep(runs=[sw.Run("a", TINY, {"optim.lr": "3e-4", "train.num_steps": "7",
+    p = resolve.plan(spec_lib.Sweep(runs=[spec_lib.Run("a", TINY, {"optim.lr": "3e-4", "train.num_steps": "7",
                                                   "model.scan_layers": "false"})]), "x")[0]
     assert p.config.optim.lr == 3e-4 and p.config.train.num_steps == 7 and p.config.model.scan_layers is False
     assert p.overrides == {"optim.lr": 3e-4, "train.num_steps": 7, "model.scan_layers": False}
@@ -141,7 +143,7 @@ def test_string_overrides_parse_to_the_field_type():
 def test_cli_bad_override_fails_at_dry_run_with_one_message(tmp_path):
     spec = write_spec(tmp_path, TWO_RUNS)
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", spec, f"--root={tmp_path / 'r'}", "--dry_run",
+        [sys.executable, "-m", "gpt2jax.sweep", spec, f"--root={tmp_path / 'r'}", "--dry_run",
          "--set=train.batch_size=0"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
     )
@@ -154,7 +156,7 @@ def test_cli_bad_override_fails_at_dry_run_with_one_message(tmp_path):
 def test_dry_run_local_prints_train_commands_and_writes_nothing(tmp_path, capsys):
     spec = write_spec(tmp_path, TWO_RUNS)
     root = tmp_path / "r"
-    assert sw.run_sweep(spec, str(root), "local", dry_run=True) == 0
+    assert sweep_cli.run_sweep(spec, str(root), "local", dry_run=True) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
     assert len(lines) == 2
     for seed, line in zip((0, 1), lines):
@@ -167,7 +169,7 @@ def test_dry_run_tpu_commands(tmp_path, capsys):
     spec = write_spec(tmp_path, TWO_RUNS)
     root = tmp_path / "r"
     where = "--zone=us-central2-b --project=proj"
-    assert sw.run_sweep(spec, str(root), "tpu", dry_run=True, action="launch") == 0
+    assert sweep_cli.run_sweep(spec, str(root), "tpu", dry_run=True, action="launch") == 0
     cmds = [ln[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
     assert len(cmds) == 8  # per slice: create, poll, install, start
     for i, name in enumerate(("t-seed0", "t-seed1")):
@@ -189,7 +191,7 @@ def test_dry_run_tpu_commands(tmp_path, capsys):
         ("fetch", "gcloud compute tpus tpu-vm scp 'gpt2jax-t-seed0:~/gpt2jax/runs/t-seed0/run.json'"),
         ("delete", f"gcloud compute tpus queued-resources delete gpt2jax-t-seed1 {where} --force --quiet --async"),
     ]:
-        assert sw.run_sweep(spec, str(root), "tpu", dry_run=True, action=action) == 0
+        assert sweep_cli.run_sweep(spec, str(root), "tpu", dry_run=True, action=action) == 0
         out = capsys.readouterr().out
         assert expect in out, (action, out)
     assert not root.exists()
@@ -197,17 +199,17 @@ def test_dry_run_tpu_commands(tmp_path, capsys):
 
 def test_tpu_launch_refuses_placeholders(tmp_path):
     spec = write_spec(tmp_path, "def get_sweep():\n    return Sweep(runs=[Run('a', 'configs/tiny.py')])\n")
-    with pytest.raises(sw.SweepError, match=r"tpu.project='<PROJECT>', tpu.zone='<ZONE>'"):
-        sw.run_sweep(spec, str(tmp_path / "r"), "tpu", dry_run=False, action="launch")
+    with pytest.raises(SweepError, match=r"tpu.project='<PROJECT>', tpu.zone='<ZONE>'"):
+        sweep_cli.run_sweep(spec, str(tmp_path / "r"), "tpu", dry_run=False, action="launch")
 
 
 def test_dry_run_slurm_sbatch_file(tmp_path, capsys):
     spec = write_spec(tmp_path, TWO_RUNS)
     root = tmp_path / "r"
-    assert sw.run_sweep(spec, str(root), "slurm", dry_run=True) == 0
+    assert sweep_cli.run_sweep(spec, str(root), "slurm", dry_run=True) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == f"$ sbatch {root / 'sweep.sbatch'}"
-    script = launchers.sbatch_script(sw.plan(sw.load_spec(spec), spec), sw.load_spec(spec).slurm, str(root), "two")
+    script = slurm.sbatch_script(resolve.plan(resolve.load_spec(spec), spec), resolve.load_spec(spec).slurm, str(root), "two")
     assert script in out
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
@@ -251,7 +253,7 @@ def test_local_sweep_records_skips_and_resumes(tmp_path, shakespeare_dir, xla_ca
 
     # 1: every run stops after step 2 (as an interrupted run would, saving there): a is half done,
     # b (2 steps) is finished
-    rc = sw.run_sweep(spec, str(root), "local", sets=common + ["train.stop_after=2"], progress=False)
+    rc = sweep_cli.run_sweep(spec, str(root), "local", sets=common + ["train.stop_after=2"], progress=False)
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("$ ") == 2 and "1/2 runs finished; not yet: a (step 2 of 4)" in out
@@ -265,13 +267,13 @@ def test_local_sweep_records_skips_and_resumes(tmp_path, shakespeare_dir, xla_ca
         assert rec["name"] == name and rec["config"] == TINY and rec["budget_flops"] == budget
         assert rec["overrides"]["train.num_steps"] == steps and rec["overrides"]["train.stop_after"] == 2
         assert rec["tokens"] == steps * 8 * 32 and rec["tags"] == {"rung": 0 if name == "a" else 1}
-        cfg = sw.load_config(TINY)
+        cfg = overrides.load_config(TINY)
         assert rec["params"] == num_params(cfg.model) and rec["params_non_embedding"] == num_params(cfg.model, True)
         assert sorted(os.listdir(root / name / "checkpoints")) == ["2"]
         assert log_starts(name) == 1
 
     # 2: the same command without stop_after resumes a from step 2 and finishes it; b is skipped
-    assert sw.run_sweep(spec, str(root), "local", sets=common, progress=False) == 0
+    assert sweep_cli.run_sweep(spec, str(root), "local", sets=common, progress=False) == 0
     out = capsys.readouterr().out
     assert "b: finished (checkpoint at step 2 of 2), skipped" in out and "all 2 runs finished" in out
     assert out.count("$ ") == 1 and "--workdir=" + str(root / "a") in out
@@ -279,11 +281,11 @@ def test_local_sweep_records_skips_and_resumes(tmp_path, shakespeare_dir, xla_ca
     assert "resuming from step 2" in log and "final val_loss" in log
     rows = [json.loads(x) for x in (root / "a" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and "val_loss" in rows[-1]
-    planned = sw.plan(sw.load_spec(spec), spec, sw.parse_sets(common))[0]
-    assert sw.latest_step(planned, str(root / "a")) == 4
+    planned = resolve.plan(resolve.load_spec(spec), spec, resolve.parse_sets(common))[0]
+    assert launch.latest_step(planned, str(root / "a")) == 4
 
     # 3: again: everything is finished, so nothing trains
-    assert sw.run_sweep(spec, str(root), "local", sets=common, progress=False) == 0
+    assert sweep_cli.run_sweep(spec, str(root), "local", sets=common, progress=False) == 0
     out = capsys.readouterr().out
     assert "a: finished (checkpoint at step 4 of 4), skipped" in out and "$ " not in out
     assert [log_starts(n) for n in ("a", "b")] == [2, 1]
@@ -295,7 +297,7 @@ def test_local_sweep_reports_a_failing_run(tmp_path, monkeypatch, capsys):
                                 "{'train.num_steps': 2}), Run('b', 'configs/tiny.py')])\n")
     root = tmp_path / "r"
     # A data directory that does not exist: the child fails at once, before compiling.
-    rc = sw.run_sweep(spec, str(root), "local", sets=[f"data.dir={tmp_path / 'missing'}"], progress=False)
+    rc = sweep_cli.run_sweep(spec, str(root), "local", sets=[f"data.dir={tmp_path / 'missing'}"], progress=False)
     assert rc == 1
     err = capsys.readouterr().err
     assert f"error: run a failed (exit code 1); its log: {root / 'a' / 'train.log'}" in err
@@ -308,7 +310,7 @@ def test_ctrl_c_is_passed_to_the_run_which_saves(tmp_path, shakespeare_dir, xla_
                                 "'train.log_every': 1})])\n")
     root = tmp_path / "r"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.sweep", spec, f"--root={root}", f"--set=data.dir={shakespeare_dir}",
+        [sys.executable, "-m", "gpt2jax.sweep", spec, f"--root={root}", f"--set=data.dir={shakespeare_dir}",
          f"--set=train.compile_cache={xla_cache}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "XLA_FLAGS": ""},
     )

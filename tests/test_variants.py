@@ -16,8 +16,9 @@ from gpt2jax import config as config_lib
 from gpt2jax import metrics
 from gpt2jax.data import loader
 from gpt2jax.eval.scoring import Scorer
+from gpt2jax.losses import cross_entropy
 from gpt2jax.model import (
-    GPT2, ModelConfig, abstract_params, cross_entropy, init_params, matmul_params, num_params, param_axes,
+    GPT2, ModelConfig, abstract_params, init_params, matmul_params, num_params, param_axes,
     param_shapes, param_specs,
 )
 from gpt2jax.optim import decay_mask, lr_scales

@@ -31,7 +31,7 @@ took 35 min: per rung 3:49, 2:55, 3:34, 4:06, 5:01, 6:29 and 9:06 (smallest to l
 2,210, 2,390, 1,880, 1,670, 1,330, 1,000 and 680 tokens/s.
 """
 
-from experiments.sweep import Sweep, ladder
+from gpt2jax.scaling import Sweep, ladder
 
 SHAPES = [(1, 32), (2, 32), (2, 64), (3, 96), (4, 128), (4, 192), (6, 256)]
 SEQ_LEN = 64

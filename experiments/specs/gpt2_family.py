@@ -21,7 +21,7 @@ sharded over all its chips (mesh fsdp=-1), bf16 compute, full remat for the two 
 
 import math
 
-from experiments.sweep import TPU, Run, Slurm, Sweep, load_config
+from gpt2jax.scaling import TPU, Run, Slurm, Sweep, load_config
 
 BUDGET = "chinchilla"  # or "nanogpt"
 TOKENS_PER_PARAM = 20

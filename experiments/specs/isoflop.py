@@ -19,7 +19,7 @@ On TPU the runs share `slices` slices (runs of one slice go one after another), 
 checkpoints in the buckets below; replace the placeholders first.
 """
 
-from experiments.sweep import TPU, Slurm, Sweep, isoflop
+from gpt2jax.scaling import TPU, Slurm, Sweep, isoflop
 
 BUDGETS = [1e18, 3e18, 1e19, 3e19, 1e20]
 SHAPES = [(6, 512), (8, 640), (12, 768), (16, 896), (24, 1024), (24, 1280), (36, 1280), (40, 1536), (48, 1600)]

@@ -6,7 +6,7 @@ UTF-8 bytes (vocabulary 257, so the head is a few percent of each model):
 
 Budgets 1e12, 3e12 and 1e13 FLOPs (C = 6 N D, N all parameters as Hoffmann et al. counted), five shapes per
 budget around the compute-optimal size sqrt(C / 120) (20 tokens per parameter), none repeating its data more
-than 4 times (4.80M train bytes: D <= 19.2M). Cooldown branches (experiments/cooldowns.py): one stable WSD parent
+than 4 times (4.80M train bytes: D <= 19.2M). Cooldown branches (gpt2jax/scaling/cooldowns.py): one stable WSD parent
 per shape, one 1-sqrt cooldown over the last 20% of each budget's run, branched from it.
 
 Stated rules, one value per shape (its branches share the parent): context 128 bytes; batch
@@ -19,8 +19,7 @@ held-out tail.
 
 import math
 
-from experiments.cooldowns import cooldowns
-from experiments.sweep import Sweep, _model_cfg
+from gpt2jax.scaling import Sweep, cooldowns, model_config
 
 BUDGETS = [1e12, 3e12, 1e13]
 SHAPES = [(2, 32), (2, 48), (2, 64), (3, 80), (4, 96), (4, 128), (5, 160), (6, 192)]
@@ -37,7 +36,7 @@ def n_head(shape):
 def n_total(shape):
     from gpt2jax.model import num_params
 
-    cfg = _model_cfg(CONFIG, shape[0], shape[1], n_head(shape), SEQ)
+    cfg = model_config(CONFIG, shape[0], shape[1], n_head(shape), SEQ)
     cfg.model.vocab_size, cfg.model.vocab_multiple = 257, 1
     return num_params(cfg.model)
 

@@ -20,7 +20,7 @@ to place an optimum within one grid step; this one uses a wider base (head size 
 and lr_transfer.py places each curve's optimum by a parabola through the grid's best point and its neighbours.
 """
 
-from experiments.sweep import Sweep, grid
+from gpt2jax.scaling import Sweep, grid
 
 BASE, WIDE = 64, 512
 COMMON = {

@@ -13,8 +13,11 @@ first grid (SP at width 256 is past its optimum by then, so its grid stops at 2^
 cosine to lr/10, weight decay 0.1, the whole val split evaluated at the end.
 """
 
-from experiments.specs.mup_transfer import lr_runs
-from experiments.sweep import Sweep
+import os
+
+from gpt2jax.scaling import Sweep, spec_module
+
+lr_runs = spec_module(os.path.join(os.path.dirname(__file__), "mup_transfer.py")).lr_runs
 
 LRS = [2.0**-k for k in range(11, 4, -1)]  # 2^-11 .. 2^-5
 WIDE_LRS = LRS + [2.0**-4, 2.0**-3]  # where the optimum lies at the top of the first grid

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from gpt2jax.data.sources import DataError, DataNotFoundError
+from gpt2jax.errors import DataError, DataNotFoundError
 
 INSTALL_HINT = "the hf: source needs Hugging Face datasets; install it with  pip install -e '.[hf]'  (or  pip install datasets)"
 

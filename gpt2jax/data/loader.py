@@ -205,6 +205,8 @@ def dataset_vocab(data_dir: str) -> tuple[int | None, dict | None]:
     try:
         with open(os.path.join(str(data_dir), "meta.json")) as f:
             meta = json.load(f)
+        if not isinstance(meta, dict):
+            return None, None  # not a meta.json of ours: TokenDataset says so, naming the file
         rec = meta.get("tokenizer_record")
         return (int(meta["vocab_size"]), rec) if isinstance(rec, dict) else (None, None)
     except (OSError, ValueError, KeyError, TypeError):

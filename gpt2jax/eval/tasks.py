@@ -33,20 +33,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from gpt2jax.errors import MissingTaskData, TaskError
 from gpt2jax.eval.scoring import EOT, Scorer
 
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------
 # Files
-
-
-class MissingTaskData(FileNotFoundError):
-    """A task's data file is not in --tasks_dir. The message says what to download and where to put it."""
-
-
-class TaskError(ValueError):
-    """An unknown task name, or a task file that cannot be read (the message names file and line)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Fake sweeps from a known scaling law, written as real run directories (run.json, metrics.jsonl,
-sweep_run.json in the formats gpt2jax.train and experiments.sweep write), to check the analysis end
+sweep_run.json in the formats gpt2jax-train and gpt2jax-sweep write), to check the analysis end
 to end without training anything:
 
-    python -m experiments.synthetic --root=/tmp/fake_sweep --kind=isoflop
-    python -m experiments.analyze --root=/tmp/fake_sweep --out=/tmp/fake_sweep_analysis
+    python -m gpt2jax.scaling.synthetic --root=/tmp/fake_sweep --kind=isoflop
+    gpt2jax-analyze --root=/tmp/fake_sweep --out=/tmp/fake_sweep_analysis
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from experiments import fits as fits_lib
+from gpt2jax.scaling import fits as fits_lib
 
 # Hoffmann et al. 2022 approach 3 (N = all parameters, D = tokens).
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -120,23 +120,27 @@ def write_sweep(root: str, kind: str = "isoflop", law: dict | None = None, seed:
     return out
 
 
-def main(argv):
+def main(argv, fv):
+    del argv
+    runs = write_sweep(fv.root, fv.kind, seed=fv.seed, noise=fv.noise)
+    if fv.unfinished:
+        write_run(fv.root, "unfinished_run", 4, 256, 1e9, CHINCHILLA, np.random.default_rng(1),
+                  finished=False)
+    print(f"wrote {len(runs)} runs under {fv.root}")
+
+
+def define_flags(fv) -> None:
     from absl import flags
 
-    F = flags.FLAGS
-    runs = write_sweep(F.root, F.kind, seed=F.seed, noise=F.noise)
-    if F.unfinished:
-        write_run(F.root, "unfinished_run", 4, 256, 1e9, CHINCHILLA, np.random.default_rng(1),
-                  finished=False)
-    print(f"wrote {len(runs)} runs under {F.root}")
+    flags.DEFINE_string("root", None, "Where to write the run directories.", required=True, flag_values=fv)
+    flags.DEFINE_enum("kind", "isoflop", ["isoflop", "ladder"], "Sweep shape.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Noise seed.", flag_values=fv)
+    flags.DEFINE_float("noise", 0.003, "Standard deviation of the log-normal noise on each loss.", flag_values=fv)
+    flags.DEFINE_boolean("unfinished", True, "Also write one run stopped half-way (no final val_loss).",
+                         flag_values=fv)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from gpt2jax import cli
 
-    flags.DEFINE_string("root", None, "Where to write the run directories.", required=True)
-    flags.DEFINE_enum("kind", "isoflop", ["isoflop", "ladder"], "Sweep shape.")
-    flags.DEFINE_integer("seed", 0, "Noise seed.")
-    flags.DEFINE_float("noise", 0.003, "Standard deviation of the log-normal noise on each loss.")
-    flags.DEFINE_boolean("unfinished", True, "Also write one run stopped half-way (no final val_loss).")
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,6 +1,10 @@
-"""The remote launchers of experiments/sweep.py: TPU VM slices (gcloud queued resources) and SLURM
-job arrays. `python -m experiments.sweep SPEC --launcher=tpu|slurm` calls them; every external
-command is printed before it runs, and --dry_run prints them and runs none (see sweep.py's docstring).
+"""The TPU launcher: Cloud TPU VM slices through gcloud queued resources.
+
+`gpt2jax-sweep SPEC --launcher=tpu --action=launch` creates (or reuses) one queued-resource slice per group
+of runs, installs the project on all its workers and starts the runs there (`--worker=all`, nohup), data
+and checkpoints in buckets; --action=status|tail|fetch|delete follow, copy back (run.json, metrics.jsonl,
+train.log into ROOT/<name>/) and delete the slices. Every command is printed before it runs; --dry_run
+prints them and runs none.
 """
 
 from __future__ import annotations
@@ -8,23 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
 import time
-from collections.abc import Sequence
 
-from experiments.sweep import TPU, Planned, Slurm, SweepError, print_cmd, train_args
-
-# ---------------------------------------------------------------------------------------------
-# tpu
-# ---------------------------------------------------------------------------------------------
-PLACEHOLDER_RE = re.compile(r"<[A-Z_]+>")
-
-
-def _check_placeholders(obj, section: str, fields: Sequence[str]) -> None:
-    left = [f"{section}.{f}={getattr(obj, f)!r}" for f in fields if PLACEHOLDER_RE.search(str(getattr(obj, f)))]
-    if left:
-        raise SweepError("set these launcher settings in the spec's get_sweep() first (they are placeholders): "
-                         + ", ".join(left))
+from gpt2jax.errors import SweepError
+from gpt2jax.scaling.launch import check_placeholders, print_cmd, run_cmd, train_args
+from gpt2jax.scaling.resolve import Planned
+from gpt2jax.scaling.spec import TPU
 
 
 def tpu_slices(planned: list, tpu: TPU) -> list:
@@ -107,17 +100,6 @@ def tpu_commands(planned: list, tpu: TPU, action: str, root: str) -> list:
     return cmds
 
 
-def _run_cmd(cmd: list, check: bool = True, capture: bool = False):
-    print_cmd(cmd)
-    try:
-        out = subprocess.run(cmd, text=True, capture_output=capture, check=False)
-    except FileNotFoundError:
-        raise SweepError(f"{cmd[0]}: command not found (install it, or use --dry_run)") from None
-    if check and out.returncode != 0:
-        raise SweepError(f"command failed (exit code {out.returncode}): {shlex.join(cmd)}"
-                         + (f"\n{out.stderr.strip()}" if capture and out.stderr else ""))
-    return out
-
 
 def launch_tpu(planned: list, tpu: TPU, action: str, root: str, dry_run: bool,
                poll_seconds: float = 30.0, timeout_seconds: float = 6 * 3600) -> int:
@@ -126,7 +108,7 @@ def launch_tpu(planned: list, tpu: TPU, action: str, root: str, dry_run: bool,
         needed = ("project", "zone")
         if action == "launch":
             needed += ("data_dir", "checkpoint_bucket") + (() if tpu.install else ("repo_url",))
-        _check_placeholders(tpu, "tpu", needed)
+        check_placeholders(tpu, "tpu", needed)
     if action == "fetch" and not dry_run:
         for p in planned:
             os.makedirs(os.path.join(root, p.name), exist_ok=True)
@@ -142,14 +124,14 @@ def launch_tpu(planned: list, tpu: TPU, action: str, root: str, dry_run: bool,
         if kind == "create_if_missing":
             probe = ["gcloud", "compute", "tpus", "queued-resources", "describe", sl, *_gcloud_where(tpu),
                      "--format=value(state.state)"]
-            if _run_cmd(probe, check=False, capture=True).returncode == 0:
+            if run_cmd(probe, check=False, capture=True).returncode == 0:
                 print(f"{sl}: exists, reused")
                 continue
-            _run_cmd(cmd)
+            run_cmd(cmd)
         elif kind == "wait":
             t0 = time.time()
             while True:
-                state = _run_cmd(cmd, capture=True).stdout.strip()
+                state = run_cmd(cmd, capture=True).stdout.strip()
                 print(f"{sl}: {state}", flush=True)
                 if state == "ACTIVE":
                     break
@@ -159,69 +141,5 @@ def launch_tpu(planned: list, tpu: TPU, action: str, root: str, dry_run: bool,
                     raise SweepError(f"TPU slice {sl} not ACTIVE after {timeout_seconds:.0f} s (state {state})")
                 time.sleep(poll_seconds)
         else:
-            _run_cmd(cmd, check=action not in ("status", "tail", "fetch"))
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# slurm
-# ---------------------------------------------------------------------------------------------
-def sbatch_script(planned: list, slurm: Slurm, root: str, name: str) -> str:
-    root = os.path.abspath(root)
-    n = len(planned)
-    array = f"0-{n - 1}" + (f"%{slurm.max_parallel}" if slurm.max_parallel else "")
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={name}",
-        f"#SBATCH --array={array}",
-        f"#SBATCH --partition={slurm.partition}",
-    ]
-    if slurm.account:
-        lines.append(f"#SBATCH --account={slurm.account}")
-    lines += [
-        f"#SBATCH --nodes={slurm.nodes}",
-        f"#SBATCH --ntasks-per-node={slurm.ntasks_per_node}",
-        f"#SBATCH --gpus-per-node={slurm.gpus_per_node}",
-        f"#SBATCH --cpus-per-task={slurm.cpus_per_task}",
-        f"#SBATCH --time={slurm.time}",
-        f"#SBATCH --output={root}/slurm-%A_%a.out",
-    ]
-    lines += [f"#SBATCH {opt}" for opt in slurm.extra_sbatch]
-    lines += [
-        "# One array task per run; each writes into ROOT/<name>/ and resumes from its checkpoints there.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(slurm.repo_dir)}",
-    ]
-    if slurm.setup:
-        lines.append(slurm.setup)
-    lines.append('case "$SLURM_ARRAY_TASK_ID" in')
-    extra = {"data.dir": slurm.data_dir} if slurm.data_dir else None
-    for i, p in enumerate(planned):
-        wd = os.path.join(root, p.name)
-        args = train_args(p, wd, extra=extra)
-        lines.append(f"  {i}) NAME={shlex.quote(p.name)}; ARGS=({shlex.join(args)}) ;;")
-    lines += [
-        '  *) echo "no run for array index $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
-        "esac",
-        f'mkdir -p {shlex.quote(root)}/"$NAME"',
-        f'srun --kill-on-bad-exit=1 python "${{ARGS[@]}}" >> {shlex.quote(root)}/"$NAME"/train.log 2>&1',
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def launch_slurm(planned: list, slurm: Slurm, root: str, name: str, dry_run: bool) -> int:
-    path = os.path.join(os.path.abspath(root), "sweep.sbatch")
-    text = sbatch_script(planned, slurm, root, name)
-    if dry_run:
-        print(f"# {path} would be:\n{text}")
-        print_cmd(["sbatch", path])
-        return 0
-    _check_placeholders(slurm, "slurm", ("partition", "repo_dir", "data_dir", "account"))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    print(f"wrote {path}")
-    _run_cmd(["sbatch", path])
+            run_cmd(cmd, check=action not in ("status", "tail", "fetch"))
     return 0

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import fits as fits_lib
+from gpt2jax.scaling import fits as fits_lib
 
 MAX_GROUPS = 8
 
@@ -296,3 +296,23 @@ def draw_all(runs, fits, out_dir) -> list[str]:
         if f:
             out.append(f)
     return out
+
+
+def plot_lr(fit: dict, out_dir: str) -> str:
+    """lr_opt against N: each size's seed-averaged curve's optimum and the fitted power law."""
+    pts = [p for p in fit["per_size"] if "lr_opt" in p]
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for p in pts:
+        ax.scatter(p["size"], p["lr_opt"], marker="x" if p["edge"] else "o", color="C1" if p["edge"] else "C0")
+    xs = np.geomspace(min(p["size"] for p in pts), max(p["size"] for p in pts), 50)
+    ax.plot(xs, [fits_lib.lr_at(fit, x) for x in xs], "k--",
+            label=f"lr_opt = {fit['k']:.3g} N^-{fit['x']:.3f} [{fit['ci95']['x'][0]:.3f}, {fit['ci95']['x'][1]:.3f}]")
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="optimal learning rate",
+           title="learning-rate fit (x: optimum at a grid edge, left out)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "lr_opt_vs_params.png")
+    fig.savefig(path + ".tmp.png")
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return "lr_opt_vs_params.png"

@@ -1,6 +1,6 @@
 """Cooldown sweeps: one stable WSD parent run per model shape, and one cooldown branch per token budget.
 
-`cooldowns(...)` returns sweep `Run`s (experiments/sweep.py): for each shape, a parent trained with
+`cooldowns(...)` returns sweep `Run`s (gpt2jax/scaling/spec.py): for each shape, a parent trained with
 `optim.schedule='wsd'` that stops (`train.stop_after`) where its longest branch's cooldown begins and keeps
 a checkpoint at every branch point (`checkpoint.steps`), then one branch per budget that starts from the
 parent's checkpoint (`train.branch_from=<parent run name>`: a sibling workdir under the sweep's root) and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.sweep import Run
+from gpt2jax.scaling.spec import Run, model_config
 
 
 def _fmt(x: float) -> str:
@@ -28,13 +28,12 @@ def cooldowns(prefix: str, config: str, shapes, *, budgets=None, tokens=None, se
     (shape, [token counts of its branches]) -> value (one per shape: its branches share the parent's batch,
     learning rate and warmup). Returns parents and branches, each with budget_flops (branches) and tags."""
     from gpt2jax.model import num_params
-    from experiments.sweep import _model_cfg
 
     runs = []
     for shape in shapes:
         n_layer, n_embd = shape
         heads = n_head(shape)
-        cfg = _model_cfg(config, n_layer, n_embd, heads, seq_len)
+        cfg = model_config(config, n_layer, n_embd, heads, seq_len)
         for k, v in (overrides or {}).items():  # e.g. the vocabulary, which the parameter count depends on
             if k.startswith("model."):
                 cfg.model[k[len("model."):]] = v
