@@ -21,6 +21,7 @@ import pytest
 
 from gpt2jax import config as config_lib
 from gpt2jax.eval import reference
+from gpt2jax.eval import loaders
 from gpt2jax.eval import tasks as T
 from gpt2jax.eval import scoring
 from gpt2jax.eval.scoring import EOT, Scorer, default_buckets, rolling_windows, scored_width
@@ -462,11 +463,11 @@ def test_text_tasks_known_answer(uniform, tok, tasks_dir, monkeypatch):
     # the last-N cut: enwik8 drops the continuation bytes of a character split by the boundary
     data = ENWIK8.encode()
     cut = data.index("\u00e9".encode()) + 1  # inside the 2-byte é
-    monkeypatch.setattr(T, "TEST_SIZE", len(data) - cut)
+    monkeypatch.setattr(loaders, "TEST_SIZE", len(data) - cut)  # read where the loaders live
     (doc,) = T.load_enwik8(tasks_dir / "enwik8")
     assert doc.text == data[cut + 1 :].decode() and doc.bytes == len(data) - cut - 1
     (doc,) = T.load_text8(tasks_dir / "text8")
-    assert T.TEST_SIZE < len(TEXT8) and doc.text == TEXT8[-T.TEST_SIZE :] and doc.chars == T.TEST_SIZE
+    assert loaders.TEST_SIZE < len(TEXT8) and doc.text == TEXT8[-loaders.TEST_SIZE :] and doc.chars == loaders.TEST_SIZE
 
 
 def test_limit_and_evaluate_tasks(cfg, rand_params, tasks_dir):

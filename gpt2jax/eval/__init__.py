@@ -3,8 +3,10 @@
     from gpt2jax.eval import Scorer, evaluate_tasks
     results = evaluate_tasks(config.model, params, ["hellaswag"], "tasks/", limit=500)
 
-Modules: `scoring` (the batched, jit-compiled log-likelihood engine), `tasks` (files, loaders,
-conventions, metrics), `reference` (published numbers with their sources).
+Modules: `scoring` (the batched, jit-compiled log-likelihood engine), `tasks` (the task registry and
+running a task), `datafiles` (where each task's files come from), `text` (normalisation and
+detokenizers), `loaders` (examples and per-task loaders, with their conventions), `encoding` (examples
+-> token requests), `metrics`, `reference` (published numbers with their sources).
 """
 
 from gpt2jax.eval.scoring import EOT, Scorer, rolling_windows
