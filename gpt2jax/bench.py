@@ -168,7 +168,8 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
     from gpt2jax import config as config_lib
     from gpt2jax import metrics as metrics_lib
     from gpt2jax.eval.scoring import Scorer
-    from gpt2jax.train import Trainer, _git_commit, _versions
+    from gpt2jax.train import Trainer
+    from gpt2jax.training.records import git_commit as _git_commit, versions as _versions
 
     if compare not in ("", "torch"):
         raise ValueError(f"--compare: '' or 'torch', got {compare!r}")

@@ -1,6 +1,6 @@
 """gpt2jax-analyze / gpt2jax.scaling (table, fits, analysis, planner): known laws fitted back, run collection, CSV input, IsoFLOP and frontier
 fits, the planner, and the errors a user can cause. No training: run directories are written here in
-the formats gpt2jax.train and experiments.sweep write."""
+the formats gpt2jax.train and gpt2jax-sweep writes."""
 
 import csv
 import json
@@ -150,7 +150,7 @@ def test_chinchilla_skips_what_the_data_cannot_support():
 
 
 # ---------------------------------------------------------------------------------------------
-# Run directories in the formats gpt2jax.train and experiments.sweep write
+# Run directories in the formats gpt2jax.train and gpt2jax-sweep writes
 def _write_run(root, name, n_layer, n_embd, steps, val_losses, train_losses=None, budget=None,
                lr=1e-3, run_json=True, sweep_json=True):
     from gpt2jax import config as config_lib

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments import analyze
+from gpt2jax.errors import AnalysisError
+from gpt2jax.scaling import analysis, table
 
 
 def _runs():
@@ -23,10 +24,10 @@ def _runs():
 
 
 def test_conventions_change_what_is_fitted():
-    base = analyze.run_fits(_runs(), n_boot=0)
-    ne = analyze.run_fits(_runs(), n_boot=0, params="non_embedding")
-    bpb = analyze.run_fits(_runs(), n_boot=0, metric="bpb")
-    att = analyze.run_fits(_runs(), n_boot=0, flops="attention")
+    base = analysis.run_fits(_runs(), n_boot=0)
+    ne = analysis.run_fits(_runs(), n_boot=0, params="non_embedding")
+    bpb = analysis.run_fits(_runs(), n_boot=0, metric="bpb")
+    att = analysis.run_fits(_runs(), n_boot=0, flops="attention")
     assert "convention" not in base and ne["convention"] == {"params": "non_embedding", "flops": "6nd", "metric": "loss"}
     # N: all parameters by default, the non-embedding ones with --params=non_embedding.
     assert base["isoflop"]["per_budget"][0]["params"][0] == 7e4
@@ -40,8 +41,8 @@ def test_conventions_change_what_is_fitted():
     assert b0["loss_opt"] == pytest.approx(l0["loss_opt"] / math.log(2) / 3.0, rel=1e-6)
     # The non-embedding exponent differs from the total one (the constant 2e4 embedding bends the curve).
     assert ne["isoflop"]["a"] != pytest.approx(base["isoflop"]["a"], abs=1e-3)
-    with pytest.raises(analyze.AnalysisError, match="unknown convention"):
-        analyze.run_fits(_runs(), n_boot=0, params="embedding")
+    with pytest.raises(AnalysisError, match="unknown convention"):
+        analysis.run_fits(_runs(), n_boot=0, params="embedding")
 
 
 def test_branch_and_bpb_columns(tmp_path):
@@ -54,7 +55,7 @@ def test_branch_and_bpb_columns(tmp_path):
                                                          "fingerprint": "0" * 16}}))
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
         {"step": 10, "loss": 2.0, "tokens": 320}, {"step": 10, "val_loss": 2.1, "val_bpb": 2.9})) + "\n")
-    rec = analyze.read_run(str(run))
+    rec = table.read_run(str(run))
     assert (rec["branch_of"], rec["branch_step"], rec["bpb"], rec["tokens"]) == ("iso-L2-D32-stable", 8, 2.9, 320.0)
-    cols, rows = analyze.table_rows([rec])
+    cols, rows = table.table_rows([rec])
     assert {"bpb", "branch_of", "branch_step"} <= set(cols) and rows[0]["branch_of"] == "iso-L2-D32-stable"

@@ -12,6 +12,7 @@ import pytest
 
 from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import config as config_lib
+from gpt2jax.errors import NonFiniteError
 from gpt2jax import sharding as shd
 from gpt2jax import train as train_lib
 from gpt2jax.data import loader
@@ -152,22 +153,22 @@ def test_resume_config_rules(tmp_path):
     for section, key, value in ALLOWED:
         c = tiny_config(tmp_path, tmp_path)
         c[section][key] = value
-        train_lib._check_resume_config(saved, c)
+        train_lib.check_resume_config(saved, c)
     for section, key, value in REFUSED:
         c = tiny_config(tmp_path, tmp_path)
         c[section][key] = value
         with pytest.raises(config_lib.ConfigError, match=rf"{section}\.{key}: "):
-            train_lib._check_resume_config(saved, c)
+            train_lib.check_resume_config(saved, c)
     # Several changes are all named at once.
     c = tiny_config(tmp_path, tmp_path)
     c.model.n_layer, c.optim.b2, c.train.seed = 3, 0.99, 5
     with pytest.raises(config_lib.ConfigError) as e:
-        train_lib._check_resume_config(saved, c)
+        train_lib.check_resume_config(saved, c)
     assert all(f in str(e.value) for f in ("model.n_layer: 2 -> 3", "optim.b2: 0.95 -> 0.99", "train.seed: 0 -> 5"))
     # A checkpoint written before a field existed compares it at its default.
     old = json.loads(json.dumps(saved))
     del old["model"]["remat"], old["train"]["nonfinite"]
-    train_lib._check_resume_config(old, tiny_config(tmp_path, tmp_path))
+    train_lib.check_resume_config(old, tiny_config(tmp_path, tmp_path))
 
 
 # -- exact resume ---------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def test_nonfinite_skip_and_stop(shakespeare_dir, cache_dir, tmp_path, poisoned)
     poisoned.clear()
     poisoned.add(3)  # the update that makes step 4
     c = cfg(shakespeare_dir, cache_dir, num_steps=6, log_every=1, eval_batches=1, checkpoint__every=2)
-    with pytest.raises(train_lib.NonFiniteError, match="non-finite loss at step 4") as e:
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 4") as e:
         train(c, str(tmp_path / "stop"), progress=False)
     assert e.value.step == 4 and "latest checkpoint is step 2" in str(e.value)
     assert ckpt_lib.Checkpointer(tmp_path / "stop", read_only=True).all_steps() == [2]

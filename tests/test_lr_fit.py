@@ -45,8 +45,6 @@ def test_seed_average_and_parabola():
 
 
 def test_analyze_fits_lr_from_a_grid_and_the_planner_prints_it(tmp_path):
-    from experiments import analyze
-
     size, lr, loss = _sweep()
     runs = [{"name": f"r{i}", "status": "finished", "fields": {"optim.lr": g}, "curve": None, "val_curve": None,
              "params": n, "params_non_embedding": n, "tokens": 20 * n * 2.0 ** (i % 3), "loss": l}

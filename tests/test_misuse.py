@@ -510,7 +510,7 @@ def test_a_second_ctrl_c_stops_at_once():
     # Start from Python's own SIGINT handler whatever earlier tests (or imported libraries) installed.
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with train_lib._StopFlag() as stop:
+        with train_lib.StopFlag() as stop:
             os.kill(os.getpid(), signal.SIGINT)
             deadline = time.monotonic() + 5
             while not stop.requested and time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 """The CPU proxy ladder: 7 GPT-2 shapes trained on the quickstart corpus on a 2-core CPU.
 
-    python -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
-    python -m experiments.sweep experiments/specs/cpu_ladder.py --root=runs/cpu_ladder
+    gpt2jax-prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
+    gpt2jax-sweep experiments/specs/cpu_ladder.py --root=runs/cpu_ladder
 
 Shapes (n_layer x n_embd, heads of 32): 1x32, 2x32, 2x64, 3x96, 4x128, 4x192, 6x256, i.e. 12.8k to
 4.74M non-embedding parameters (371x; 1.6M to 17.6M with the 50257-token embedding table). The real
@@ -16,7 +16,7 @@ so no token is seen twice), 20 warmup steps then cosine to lr/10; learning rate 
 CPU), one checkpoint at the end, the whole val split (78,300 tokens) evaluated at the end; the rest
 as configs/shakespeare.py (AdamW 0.9/0.95, weight decay 0.1, clipping 1.0, seed 0; beta2, dtype and loss pinned below).
 
-Sizing (measured 2026-12-01 with `python -m gpt2jax.train --config=configs/shakespeare.py` and the
+Sizing (measured 2026-12-01 with `gpt2jax-train --config=configs/shakespeare.py` and the
 shape overrides, 60 steps of 8 x 64 tokens, rate of the last 20 steps; the CPU was shared with other
 jobs, load average 1.6 to 6.7 on 2 cores, so these are lower bounds): 1x32 2,550 tokens/s, 2x64 850
 tokens/s, 6x256 440 tokens/s; about 25-35 s per run of start-up, compilation, the final eval and the
@@ -25,7 +25,7 @@ save. On an unshared CPU the quickstart's 4x256 trains at ~950 tokens/s (README)
 4x256 at 950 tokens/s and 1x32 at an assumed ~3,300 tokens/s unshared, a little above the 2,550
 measured at load 1.6), the 7 rungs cost 4.0 ms per token together (880 to 3,300 tokens/s):
 327,680 tokens x 4.0 ms = 22 min, plus ~3 min of per-run overhead = ~25 min on an unshared CPU.
-Measured: the whole sweep (`python -m experiments.sweep experiments/specs/cpu_ladder.py
+Measured: the whole sweep (`gpt2jax-sweep experiments/specs/cpu_ladder.py
 --root=runs/cpu_ladder`, 2026-12-01 08:08-08:43, the CPU shared with other jobs, load average 10-14)
 took 35 min: per rung 3:49, 2:55, 3:34, 4:06, 5:01, 6:29 and 9:06 (smallest to largest), at median
 2,210, 2,390, 1,880, 1,670, 1,330, 1,000 and 680 tokens/s.

@@ -1,5 +1,5 @@
 """The GPT-2 family -- 124M, 355M, 774M, 1.5B (configs/gpt2_*.py, OpenAI's shapes, context 1024) --
-on OpenWebText-style data (`python -m gpt2jax.prepare --source='parquet:openwebtext/*.parquet:text'`,
+on OpenWebText-style data (`gpt2jax-prepare --source='parquet:openwebtext/*.parquet:text'`,
 or FineWeb), each trained compute-optimally in Hoffmann et al.'s (Chinchilla) sense:
 
     tokens = 20 x N (N all parameters, vocabulary padding excluded), steps = ceil(tokens / 524,288)
@@ -10,8 +10,8 @@ accumulation steps, AdamW 0.9/0.95, weight decay 0.1, the GPT-3 paper's peak lr 
 lr/10), except warmup: 5% of the steps (at most the configs' 2,000). To reproduce nanoGPT's budget
 instead (GPT-2 124M for 600,000 steps = 315B tokens, the configs' num_steps), set BUDGET = "nanogpt".
 
-    python -m experiments.sweep experiments/specs/gpt2_family.py --root=runs/gpt2_family --launcher=tpu --dry_run
-    python -m experiments.sweep experiments/specs/gpt2_family.py --root=runs/gpt2_family --launcher=slurm --dry_run
+    gpt2jax-sweep experiments/specs/gpt2_family.py --root=runs/gpt2_family --launcher=tpu --dry_run
+    gpt2jax-sweep experiments/specs/gpt2_family.py --root=runs/gpt2_family --launcher=slurm --dry_run
 
 Replace the placeholders (<PROJECT>, <ZONE>, <BUCKET>, <REPO_URL>, <PARTITION>,
 <SHARED_DIR>) below first. On TPU

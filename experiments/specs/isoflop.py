@@ -4,7 +4,7 @@ tokens = C / (6 N) with N all parameters (vocabulary padding excluded). Runs sho
 of 524,288 tokens, or outside 1 to 250 tokens per parameter, are left out (the compute-optimal ~20
 lies well inside, so every budget's parabola has points on both sides of its minimum): 28 runs, 5 or
 6 per budget, 255B tokens in all. Each run records its budget_flops = C, so
-`python -m experiments.analyze` fits a parabola in log N per budget and a power law through the
+`gpt2jax-analyze` fits a parabola in log N per budget and a power law through the
 minima.
 
 Budgets 1e18, 3e18, 1e19, 3e19 and 1e20 FLOPs (GPT-2 124M at 20 tokens per parameter is 1.9e18,
@@ -13,7 +13,7 @@ Budgets 1e18, 3e18, 1e19, 3e19 and 1e20 FLOPs (GPT-2 124M at 20 tokens per param
 GPT-3 table's 6e-4 and 2e-4), cosine to lr/10 after a warmup of 5% of the steps; batches and optimizer
 as configs/gpt2_124m.py (512 x 1024 tokens in 16 accumulation steps, OpenWebText-style data).
 
-    python -m experiments.sweep experiments/specs/isoflop.py --root=runs/isoflop --launcher=tpu --dry_run
+    gpt2jax-sweep experiments/specs/isoflop.py --root=runs/isoflop --launcher=tpu --dry_run
 
 On TPU the runs share `slices` slices (runs of one slice go one after another), data and
 checkpoints in the buckets below; replace the placeholders first.

@@ -1,8 +1,8 @@
 """The Chinchilla IsoFLOP reproduction on a 2-core CPU (Hoffmann et al. 2022, approach 2), on Shakespeare as
 UTF-8 bytes (vocabulary 257, so the head is a few percent of each model):
 
-    python -m gpt2jax.prepare --source=shakespeare --split=tail --tokenizer=bytes --out_dir=data/shakespeare_bytes
-    python -m experiments.sweep experiments/specs/isoflop_cpu.py --root=runs/isoflop_cpu
+    gpt2jax-prepare --source=shakespeare --split=tail --tokenizer=bytes --out_dir=data/shakespeare_bytes
+    gpt2jax-sweep experiments/specs/isoflop_cpu.py --root=runs/isoflop_cpu
 
 Budgets 1e12, 3e12 and 1e13 FLOPs (C = 6 N D, N all parameters as Hoffmann et al. counted), five shapes per
 budget around the compute-optimal size sqrt(C / 120) (20 tokens per parameter), none repeating its data more

@@ -2,8 +2,8 @@
 where muP and SP are the same model) and at width 512 (8x) under each parametrization; 2 layers, 4 heads (the
 head size grows with the width, 16 -> 128), tied embeddings, on the quickstart corpus.
 
-    python -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
-    python -m experiments.sweep experiments/specs/mup_transfer.py --root=runs/mup_transfer
+    gpt2jax-prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
+    gpt2jax-sweep experiments/specs/mup_transfer.py --root=runs/mup_transfer
     python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
 
 At width 512 muP divides the hidden matrices' init std by sqrt(8) and their Adam learning rate by 8, multiplies

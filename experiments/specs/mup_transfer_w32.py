@@ -1,8 +1,8 @@
 """Learning-rate transfer under muP vs SP on a 2-core CPU: the same learning-rate grid at width 32 and at width
 256 (8x), 2 layers, 4 heads (so the head size grows with the width), on the quickstart corpus.
 
-    python -m gpt2jax.prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
-    python -m experiments.sweep experiments/specs/mup_transfer_w32.py --root=runs/mup_transfer_w32
+    gpt2jax-prepare --source=shakespeare --split=tail --out_dir=data/shakespeare
+    gpt2jax-sweep experiments/specs/mup_transfer_w32.py --root=runs/mup_transfer_w32
     python -m experiments.lr_transfer --root=runs/mup_transfer_w32 --out=experiments/results/mup/w32_256
 
 muP's base width is 32, so at width 32 muP and SP are the same model (one set of runs serves both); at width

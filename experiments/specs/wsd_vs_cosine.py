@@ -3,13 +3,13 @@
 byte model at its 3e12-FLOP budget (462 steps of 32 x 128 bytes, 1.89M tokens); the WSD runs are fresh runs
 of that length, which a cooldown branch equals bit for bit (tests/test_branch.py).
 
-    python -m experiments.sweep experiments/specs/wsd_vs_cosine.py --root=runs/wsd_vs_cosine
+    gpt2jax-sweep experiments/specs/wsd_vs_cosine.py --root=runs/wsd_vs_cosine
 """
 
 import importlib.util
 import os
 
-from experiments.sweep import Run, Sweep
+from gpt2jax.scaling import Run, Sweep
 
 _spec = importlib.util.spec_from_file_location("isoflop_cpu", os.path.join(os.path.dirname(__file__), "isoflop_cpu.py"))
 iso = importlib.util.module_from_spec(_spec)
