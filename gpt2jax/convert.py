@@ -15,8 +15,10 @@ ignored, and `lm_head.weight`, if present, must equal `wte.weight` unless config
 
 Export writes what GPT2LMHeadModel holds exactly: the default model, an untied head (lm_head.weight,
 tie_word_embeddings false) and bias=False (as zero biases). Other variants (rmsnorm, rope or no positions,
-swiglu, qk_norm, parallel_block, mup) are refused by name. The name map is checked against the model's
-derived parameter shapes (`_check_map`), so a parameter the map does not cover is an error, not a gap.
+swiglu, qk_norm, parallel_block, mup) are refused by name, and so is a run whose tokenizer is not GPT-2's
+(bytes, a trained BPE): the directory's tokenizer files (vocab.json, merges.txt) hold GPT-2's BPE only.
+The name map is checked against the model's derived parameter shapes (`_check_map`), so a parameter the
+map does not cover is an error, not a gap.
 """
 
 from __future__ import annotations
@@ -342,9 +344,23 @@ def write_tokenizer_files(out: Path, model_max_length: int) -> None:
     tok.save(str(out / "tokenizer.json"))
 
 
-def to_hf(config, params, path) -> Path:
+def check_gpt2_tokenizer(record, where) -> None:
+    """ConversionError naming the tokenizer when a run's tokenizer record (run.json, its checkpoints) is not
+    GPT-2's: an exported directory's tokenizer files are GPT-2's BPE, so its token ids would mean other text."""
+    name = (record or {}).get("name", "gpt2")
+    if name != "gpt2":
+        raise ConversionError(
+            f"{where} was trained with the {name} tokenizer ({record.get('vocab_size')} ids, end-of-text "
+            f"{record.get('eot')}); a Hugging Face GPT-2 directory holds GPT-2's BPE tokenizer files only "
+            "(vocab.json, merges.txt), so --to_hf exports runs trained with tokenizer gpt2 only")
+
+
+def to_hf(config, params, path, *, tokenizer=None) -> Path:
     """Write a GPT2LMHeadModel directory (config.json, fp32 model.safetensors, tokenizer files).
-    Written to a temporary directory and renamed into place; `path` must not exist or be empty."""
+    Written to a temporary directory and renamed into place; `path` must not exist or be empty.
+    `tokenizer`: the run's tokenizer record (gpt2jax.tokenizer.tokenizer_record); one that is not GPT-2's
+    is refused (None: GPT-2's)."""
+    check_gpt2_tokenizer(tokenizer, "the model")
     m = config.model
     path = Path(path)
     if path.exists() and any(path.iterdir()):
@@ -404,10 +420,14 @@ def main(argv, fv):
             where = checkpoint.save_params(fv.workdir, config, params, step=0)
         print(f"imported {fv.from_hf}: {_describe(config, params)}\nwrote {where}/0")
     else:
+        from gpt2jax.tokenizer import checkpoint_record
+
         step = fv.step
         if step is None:
             cdir = checkpoint.checkpoint_dir(fv.workdir)
             step = checkpoint.Checkpointer(None, read_only=True, directory=cdir).latest_step()
+        # before anything is read or written: only a run trained with GPT-2's tokenizer fits the directory
+        check_gpt2_tokenizer(checkpoint_record(fv.workdir, step)[0], fv.workdir)
         config, params = checkpoint.load_params(fv.workdir, step=step)
         out = to_hf(config, params, fv.to_hf)
         print(f"exported {fv.workdir} step {step}: {_describe(config, params)}\nwrote {out}")

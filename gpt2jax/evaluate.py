@@ -9,7 +9,9 @@
 Writes JSON {task: {metric: value, <metric>_stderr: ..., "n": examples}} (rewritten atomically after
 each task) and prints a markdown table of our numbers beside the GPT-2 paper's (all four sizes) and
 lm-evaluation-harness's published values for OpenAI's checkpoints (gpt2jax/eval/reference.py).
-Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py. With --lm_eval_tasks,
+Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py. The tasks' text is encoded
+with the run's own tokenizer (run.json's record: GPT-2's BPE, bytes or a trained BPE; GPT-2's with --hf).
+With --lm_eval_tasks,
 lm-evaluation-harness tasks run through gpt2jax/eval/lm_eval_adapter.py and lm-eval's `results` go
 verbatim under "results" (docs/integrations.md).
 """
@@ -99,6 +101,15 @@ def load_model(workdir=None, hf=None, step=None, dtype=""):
     return model_cfg, params
 
 
+def run_tokenizer(workdir=None, hf=None, step=None):
+    """The tokenizer the tasks are encoded with: the run's own (recorded with the checkpoint and in
+    run.json: GPT-2's BPE, bytes or a trained BPE), GPT-2's for a Hugging Face directory (and for a run
+    without a record)."""
+    from gpt2jax.tokenizer import for_checkpoint, get_tokenizer
+
+    return for_checkpoint(workdir, step) if workdir else get_tokenizer()
+
+
 def data_parallel(params, batch_size: int):
     """With several devices: replicate the params, shard batches over all devices (batch axis)."""
     from gpt2jax.eval.placement import data_parallel as place_data_parallel
@@ -130,13 +141,18 @@ def main(argv, fv):
         raise T.MissingTaskData("\n".join(missing))
 
     model_cfg, params = load_model(F.workdir, F.hf, F.step, F.dtype)
+    tok = run_tokenizer(F.workdir, F.hf, F.step)
+    from gpt2jax.tokenizer import check_vocab
+
+    check_vocab(tok, model_cfg.vocab_size)
     run_config = placement.run_config(F.workdir, F.hf, F.step) if F.mesh == "run" else None
     params, sharding, batch_size = placement.place(run_config, params, F.batch_size, F.mesh)
-    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=F.progress)
+    scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=sharding, progress=F.progress,
+                    prefix_token=tok.eot_token)
     results = {}
     for name in names:
         t0 = time.perf_counter()
-        results[name] = T.run_task(scorer, name, F.tasks_dir, F.limit or None)
+        results[name] = T.run_task(scorer, name, F.tasks_dir, F.limit or None, tokenizer=tok)
         st = scorer.last_stats
         print(
             f"{name}: {json.dumps(results[name])}  [{time.perf_counter() - t0:.1f}s, "
@@ -149,7 +165,7 @@ def main(argv, fv):
         print(markdown_table(results))
     if lm_eval_tasks[2]:
         lm_eval_adapter.run_cli(F, lm_eval_tasks, model_cfg, params, sharding, batch_size, results,
-                                lambda r: write_json_atomic(F.out, r))
+                                lambda r: write_json_atomic(F.out, r), tokenizer=tok)
     print(f"\nwrote {F.out}")
 
 

@@ -3,6 +3,9 @@
     python -m gpt2jax.sample --workdir=runs/shk --prompt="ROMEO." --max_new_tokens=100 \
         [--temperature=0.8 --top_k=200 --top_p=0.95 --seed=0 --num_samples=1 --step=S]
 
+The prompt is encoded, and the sample decoded, with the run's own tokenizer (recorded with its checkpoints
+and in run.json: GPT-2's BPE, bytes or a trained BPE; GPT-2's for --hf and for runs without a record).
+
 The prompt is run once through the network to fill the key/value cache (prefill); each new token then
 costs one single-token step against the cache. The whole loop is one jit-compiled function.
 
@@ -114,7 +117,7 @@ def generate(model_cfg, params, prompt_tokens, max_new_tokens: int, *, key=None,
 def main(argv, fv):
     from absl import app, logging
 
-    from gpt2jax.tokenizer import get_tokenizer
+    from gpt2jax.tokenizer import check_vocab, for_checkpoint, get_tokenizer
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -129,11 +132,13 @@ def main(argv, fv):
         from gpt2jax.convert import from_hf
 
         config, params = from_hf(F.hf)
+        tok = get_tokenizer()  # a GPT2LMHeadModel directory holds GPT-2's
     else:
         from gpt2jax.checkpoint import load_params
 
         config, params = load_params(F.workdir, step=F.step)
-    tok = get_tokenizer()
+        tok = for_checkpoint(F.workdir, F.step)  # the run's own: GPT-2's BPE, bytes or a trained BPE
+    check_vocab(tok, config.model.vocab_size)
     ids = tok.encode(F.prompt) if F.prompt else [tok.eot_token]
     ids = ids[-config.model.block_size:]  # keep the end of a prompt too long for the context
     prompt = np.tile(np.asarray(ids, np.int32)[None], (F.num_samples, 1))

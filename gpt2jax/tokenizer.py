@@ -346,3 +346,45 @@ def for_run(workdir: str):
         except (OSError, ValueError) as e:
             raise TokenizerFileError(f"cannot read {path} to find the run's tokenizer: {e}") from e
     return from_record(rec, workdir)
+
+
+def check_vocab(tok, vocab_size) -> None:
+    """Refuse to encode with a tokenizer whose ids a model of `vocab_size` rows cannot embed (e.g. GPT-2's
+    50257 ids into a model of 257), naming the tokenizer and both numbers. A vocabulary of 0 or None (not
+    yet resolved) is not checked."""
+    if vocab_size and int(tok.n_vocab) > int(vocab_size):
+        raise TokenizerFileError(
+            f"tokenizer {tok.name} has {int(tok.n_vocab)} ids but the model's vocabulary is {int(vocab_size)}: "
+            "this is not the run's tokenizer (run.json records it; a run without a record is GPT-2's)")
+
+
+def for_checkpoint(path: str, step: int | None = None):
+    """The tokenizer a checkpoint was trained with: the record in its meta (every checkpoint of a run keeps
+    one; a BPE's file is the run directory's copy), else run.json's (`for_run`), else GPT-2's (converted
+    Hugging Face weights, runs from before records). `path` is a run's workdir or its checkpoints dir."""
+    rec, run_dir = checkpoint_record(path, step)
+    return from_record(rec, run_dir)
+
+
+def checkpoint_record(path: str, step: int | None = None) -> tuple[dict | None, str]:
+    """(the tokenizer record of a checkpoint -- its meta's, else run.json's, else None: GPT-2's --, the run
+    directory, which holds a BPE's tokenizer.json). Reads no tokenizer file (see `for_checkpoint`)."""
+    import os
+
+    from gpt2jax import checkpoint as ckpt_lib
+
+    cdir = ckpt_lib.checkpoint_dir(path)
+    given = ckpt_lib._path(path)
+    run_dir = str(given if cdir != given else given.parent)
+    ck = ckpt_lib.Checkpointer(None, read_only=True, directory=cdir)
+    meta = ck.pinned(step, ck.read_meta)
+    if isinstance(meta, dict) and "tokenizer" in meta:
+        return meta["tokenizer"] or None, run_dir
+    run_json = os.path.join(run_dir, "run.json")
+    if os.path.exists(run_json):
+        try:
+            with open(run_json) as f:
+                return json.load(f).get("tokenizer") or None, run_dir
+        except (OSError, ValueError) as e:
+            raise TokenizerFileError(f"cannot read {run_json} to find the run's tokenizer: {e}") from e
+    return None, run_dir

@@ -494,7 +494,7 @@ def test_ctrl_c_in_evaluate_keeps_the_finished_tasks(capsys, tmp_path, converted
     (tasks / "lambada_test.jsonl").write_text(json.dumps({"text": "the cat sat"}) + "\n")
     (tasks / "hellaswag_val.jsonl").write_text("{}\n")
 
-    def run_task(scorer, name, tasks_dir, limit=None):
+    def run_task(scorer, name, tasks_dir, limit=None, **kw):
         if name == "hellaswag":
             raise KeyboardInterrupt  # Ctrl-C while the second task is scored
         return {"acc": 0.5, "n": 1}

@@ -1,20 +1,20 @@
-"""Examples -> token requests, as lm-eval encodes them."""
+"""Examples -> token requests, as lm-eval encodes them, with the tokenizer given (the run's own: GPT-2's
+BPE, bytes or a trained BPE; see gpt2jax.tokenizer)."""
 
 from __future__ import annotations
-
-from gpt2jax.eval.scoring import EOT
 
 
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval's context/continuation encoding: trailing whitespace of the context moves to the front of
     the continuation; the context is encoded on its own and the continuation's tokens are those of
-    encode(context + continuation) after the context's tokens; an empty context becomes [EOT]. (For
-    GPT-2's BPE this equals encoding the two separately whenever the continuation starts with a space.)"""
+    encode(context + continuation) after the context's tokens; an empty context becomes [the tokenizer's
+    end-of-text id] (GPT-2's 50256, a bytes run's 256). (For GPT-2's BPE this equals encoding the two
+    separately whenever the continuation starts with a space.)"""
     n = len(context) - len(context.rstrip())
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
     if not context:
-        return [EOT], tok.encode(continuation)
+        return [int(tok.eot_token)], tok.encode(continuation)
     ctx = tok.encode(context)
     whole = tok.encode(context + continuation)
     return ctx, whole[len(ctx) :]

@@ -18,6 +18,9 @@ backend tokenizes them):
     else 256, as the `hf` backend); the context keeps its last `block_size - max_gen_toks` tokens; the
     text is cut at EOT and at the first of the task's `until` strings.
 
+Text is encoded and decoded with the run's own tokenizer (`tokenizer=`, gpt2jax.tokenizer.for_checkpoint;
+default GPT-2's BPE), and EOT above is its end-of-text id (GPT-2's 50256, a bytes run's 256).
+
 The model generates the full `max_gen_toks` in one compiled scan and the text is cut afterwards, and
 requests are batched by equal context length (the cache has one write position for the whole batch),
 so each distinct (context length, max_gen_toks) compiles once. Fine for lm-eval's generation tasks on
@@ -35,7 +38,8 @@ from typing import Sequence
 import numpy as np
 
 from gpt2jax.errors import LmEvalMissing, TaskDataError
-from gpt2jax.eval.scoring import EOT, Scorer
+from gpt2jax.eval.scoring import Scorer
+from gpt2jax.tokenizer import EOT_TEXT
 
 INSTALL_HINT = (
     "lm-evaluation-harness is not installed; install it with  pip install -e '.[lm_eval]'  "
@@ -77,19 +81,22 @@ class GPT2JaxLM(_Base):
     batch_size: sequences per scoring / generation batch (a multiple of the batch sharding's devices).
     batch_sharding: a Sharding for [batch, length] arrays (see gpt2jax.evaluate), or None.
     max_gen_toks: new tokens a generation task may ask for when it does not say.
-    seed: key for sampled (do_sample) generation; greedy decoding uses none."""
+    seed: key for sampled (do_sample) generation; greedy decoding uses none.
+    tokenizer: the run's (gpt2jax.tokenizer.for_checkpoint / for_run); default GPT-2's."""
 
     def __init__(self, model_cfg, params, *, batch_size: int = 16, batch_sharding=None,
-                 max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, seed: int = 0, progress: bool = True):
+                 max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, seed: int = 0, progress: bool = True, tokenizer=None):
         require_lm_eval()
         super().__init__()
-        from gpt2jax.tokenizer import get_tokenizer
+        from gpt2jax.tokenizer import check_vocab, get_tokenizer
 
         self.model_cfg = model_cfg
+        self.tok = tokenizer if tokenizer is not None else get_tokenizer()
+        check_vocab(self.tok, model_cfg.vocab_size)
+        self.eot = int(self.tok.eot_token)
         self.scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=batch_sharding,
-                             progress=progress)
+                             progress=progress, prefix_token=self.eot)
         self.params = self.scorer.params
-        self.tok = get_tokenizer()
         self._batch_size = int(batch_size)
         self._max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
@@ -99,11 +106,11 @@ class GPT2JaxLM(_Base):
     # -- what lm-eval asks of a model ----------------------------------------------------------
     @property
     def eot_token_id(self) -> int:
-        return EOT
+        return self.eot
 
     @property
     def prefix_token_id(self) -> int:
-        return EOT
+        return self.eot
 
     @property
     def max_length(self) -> int:
@@ -119,18 +126,18 @@ class GPT2JaxLM(_Base):
 
     @property
     def tokenizer_name(self) -> str:
-        return "gpt2"
+        return str(getattr(self.tok, "name", "gpt2"))
 
     def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
-        """GPT-2 BPE, as our built-in tasks encode (a literal '<|endoftext|>' in the text is encoded
-        as text, where transformers' tokenizer would make it the EOT token)."""
+        """The run's tokenizer, as our built-in tasks encode (a literal '<|endoftext|>' in the text is
+        encoded as text, where transformers' tokenizer would make it the EOT token)."""
         ids = self.tok.encode(string)
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
         ids = [int(t) for t in tokens]
         if skip_special_tokens:
-            ids = [t for t in ids if t != EOT]
+            ids = [t for t in ids if t != self.eot]
         return self.tok.decode(ids)
 
     # -- scoring -------------------------------------------------------------------------------
@@ -153,7 +160,7 @@ class GPT2JaxLM(_Base):
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
         L = self.max_length
-        eos_text = self.tok.decode([EOT])
+        eos_text = EOT_TEXT  # what GPT-2's decodes its end-of-text id to (bytes and BPE decode it to "")
         plans = []  # (context tokens, new tokens, stops, sampling (temperature, top_k, top_p) or None)
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
@@ -165,7 +172,7 @@ class GPT2JaxLM(_Base):
                     f"generate_until request {i}: max_gen_toks={new} must be in [1, {L}) for a model "
                     f"with a context of {L} tokens"
                 )
-            ctx = self.tok_encode(context, left_truncate_len=L - new) or [EOT]
+            ctx = self.tok_encode(context, left_truncate_len=L - new) or [self.eot]
             sampling = None
             if kw.get("do_sample") and float(kw.get("temperature", 0.0)) > 0.0:
                 sampling = (float(kw["temperature"]), int(kw.get("top_k") or 0), float(kw.get("top_p") or 1.0))
@@ -200,8 +207,8 @@ class GPT2JaxLM(_Base):
                 toks = np.asarray(toks)[:, T0:]
                 for r, i in enumerate(rows):
                     cont = toks[r].tolist()
-                    if EOT in cont:
-                        cont = cont[: cont.index(EOT)]
+                    if self.eot in cont:
+                        cont = cont[: cont.index(self.eot)]
                     out[i] = _cut(self.tok.decode(cont), plans[i][2])
                 bar.update(len(rows))
         bar.close()
@@ -341,13 +348,14 @@ def cli_tasks(fv):
         raise app.UsageError(f"--lm_eval_tasks: {e}") from None
 
 
-def run_cli(fv, lm_eval_tasks, model_cfg, params, batch_sharding, batch_size, results: dict, write) -> None:
+def run_cli(fv, lm_eval_tasks, model_cfg, params, batch_sharding, batch_size, results: dict, write, *,
+            tokenizer=None) -> None:
     """Run the lm-eval tasks; lm-eval's `results` go verbatim under results['results'], its other
-    bookkeeping under results['lm_eval']; `write(results)` saves them."""
+    bookkeeping under results['lm_eval']; `write(results)` saves them. `tokenizer`: the run's."""
     import time
 
     lm = GPT2JaxLM(model_cfg, params, batch_size=batch_size, batch_sharding=batch_sharding,
-                   max_gen_toks=fv.lm_eval_max_gen_toks, progress=fv.progress)
+                   max_gen_toks=fv.lm_eval_max_gen_toks, progress=fv.progress, tokenizer=tokenizer)
     t0 = time.perf_counter()
     tm, tasks, names = lm_eval_tasks
     out = evaluate(lm, tasks, task_manager=tm, limit=fv.limit or None, num_fewshot=fv.lm_eval_num_fewshot,

@@ -6,8 +6,9 @@ Two kinds of request, the two that lm-evaluation-harness's tasks are built from:
     ll is the summed log-probability of the continuation given the context; is_greedy is True when
     every continuation token is the argmax of the model's distribution at its position.
   * `Scorer.loglikelihood_rolling([tokens, ...])` -> [ll, ...]: the log-probability of each whole
-    sequence, scored in windows of the model's block_size with EOT as the first context token
-    (lm-eval's `loglikelihood_rolling`, see `rolling_windows`).
+    sequence, scored in windows of the model's block_size with the end-of-text id as the first context
+    token (lm-eval's `loglikelihood_rolling`, see `rolling_windows`): GPT-2's 50256 unless the Scorer is
+    given its tokenizer's (`prefix_token`, e.g. 256 for a bytes run).
 
 Conventions (lm-evaluation-harness's, `HFLM._loglikelihood_tokens`):
   * Left truncation: the model sees `(context + continuation)[-(block_size + 1):][:-1]` and the
@@ -155,8 +156,10 @@ class Scorer:
         batch_sharding: Any = None,
         progress: bool = True,
         should_stop=None,
+        prefix_token: int = EOT,
     ):
         self.model_cfg = model_cfg
+        self.prefix_token = int(prefix_token)  # the tokenizer's end-of-text id: rolling windows' first context
         self.should_stop = should_stop  # () -> bool, checked between batches (Interrupted when true)
         # host (numpy) parameters, e.g. from convert.from_hf, go to the device once, not every batch
         self.params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
@@ -188,7 +191,7 @@ class Scorer:
 
     def loglikelihood(self, requests, desc: str = "loglikelihood") -> list[tuple[float, bool]]:
         """[(context_tokens, continuation_tokens)] -> [(sum log p(continuation | context), is_greedy)].
-        The context must hold at least one token (lm-eval uses [EOT] for an empty context)."""
+        The context must hold at least one token (lm-eval uses [end-of-text] for an empty context)."""
         L = self.block_size
         rows = []  # (input tokens, target tokens, n scored)
         for i, (ctx, cont) in enumerate(requests):
@@ -202,12 +205,13 @@ class Scorer:
             rows.append((inp, tgt, min(len(cont), len(inp))))
         return self._run(rows, desc)
 
-    def loglikelihood_rolling(self, sequences, desc: str = "rolling") -> list[float]:
-        """[tokens] -> [log p(tokens)] with lm-eval's rolling windows (see `rolling_windows`).
-        An empty sequence scores 0."""
+    def loglikelihood_rolling(self, sequences, desc: str = "rolling", prefix_token: int | None = None) -> list[float]:
+        """[tokens] -> [log p(tokens)] with lm-eval's rolling windows (see `rolling_windows`), whose first
+        context is `prefix_token` (default: the Scorer's). An empty sequence scores 0."""
+        prefix = self.prefix_token if prefix_token is None else int(prefix_token)
         pairs, owner = [], []
         for i, toks in enumerate(sequences):
-            for pair in rolling_windows(toks, self.block_size):
+            for pair in rolling_windows(toks, self.block_size, prefix):
                 pairs.append(pair)
                 owner.append(i)
         out = np.zeros(len(sequences), np.float64)

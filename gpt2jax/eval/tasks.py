@@ -131,34 +131,53 @@ def _tokenizer():
     return get_tokenizer()
 
 
+class _Keyed:
+    """A tokenizer as a cache key: equal when name and vocabulary hash are (a bytes tokenizer rebuilt for
+    every evaluation, or a BPE read again from its file, still finds the requests encoded before)."""
+
+    def __init__(self, tok):
+        self.tok, self.key = tok, (str(getattr(tok, "name", "gpt2")), str(tok.vocab_hash))
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Keyed) and other.key == self.key
+
+
 def _mtimes(name: str, tasks_dir) -> tuple:
     return tuple(p.stat().st_mtime_ns for p in require(name, tasks_dir, get_task(name).files))
 
 
 @functools.lru_cache(maxsize=32)
-def _prepared(name: str, tasks_dir: str, limit: int | None, mtimes: tuple):
-    """Token requests for a task, cached so evaluation every K training steps only re-runs the model."""
+def _prepared(name: str, tasks_dir: str, limit: int | None, mtimes: tuple, tok: _Keyed):
+    """Token requests for a task, cached (per tokenizer) so evaluation every K training steps only re-runs
+    the model."""
     task = get_task(name)
     docs = load_docs(name, tasks_dir, limit)
-    tok = _tokenizer()
-    reqs = encode_requests(tok, task.kind, docs)
+    reqs = encode_requests(tok.tok, task.kind, docs)
     return docs, reqs
 
 
-def prepare(name: str, tasks_dir, limit: int | None = None):
-    """(docs, token requests) for a task; see `run_task` for their shape per kind."""
+def prepare(name: str, tasks_dir, limit: int | None = None, *, tokenizer=None):
+    """(docs, token requests) for a task, encoded with `tokenizer` (the run's; default GPT-2's); see
+    `run_task` for their shape per kind."""
     tasks_dir = str(Path(os.path.expanduser(str(tasks_dir))).resolve())
-    return _prepared(name, tasks_dir, limit or None, _mtimes(name, tasks_dir))
+    tok = _Keyed(tokenizer if tokenizer is not None else _tokenizer())
+    return _prepared(name, tasks_dir, limit or None, _mtimes(name, tasks_dir), tok)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Running
 
 
-def run_task(scorer: Scorer, name: str, tasks_dir, limit: int | None = None) -> dict:
-    """Score one task; returns {metric: value, <metric>_stderr: ..., 'n': examples}."""
+def run_task(scorer: Scorer, name: str, tasks_dir, limit: int | None = None, *, tokenizer=None) -> dict:
+    """Score one task; returns {metric: value, <metric>_stderr: ..., 'n': examples}. The task's text is
+    encoded with `tokenizer` (the run's own, see gpt2jax.tokenizer.for_run; default GPT-2's), whose
+    end-of-text id is the first context of rolling windows and the context of an empty one."""
     task = get_task(name)
-    docs, reqs = prepare(name, tasks_dir, limit)
+    tok = tokenizer if tokenizer is not None else _tokenizer()
+    docs, reqs = prepare(name, tasks_dir, limit, tokenizer=tok)
     if not docs:
         raise ValueError(f"task {name!r}: no examples in {tasks_dir}")
     if task.kind == "target":
@@ -172,7 +191,7 @@ def run_task(scorer: Scorer, name: str, tasks_dir, limit: int | None = None) -> 
             lls.append([res[i + j][0] for j in range(len(group))])
             i += len(group)
         return choice_metrics(docs, lls, task.metrics)
-    lls = scorer.loglikelihood_rolling(reqs, desc=name)
+    lls = scorer.loglikelihood_rolling(reqs, desc=name, prefix_token=tok.eot_token)
     return text_metrics(docs, lls, task.metrics)
 
 
@@ -187,20 +206,26 @@ def evaluate_tasks(
     batch_sharding=None,
     progress: bool = False,
     should_stop=None,
+    tokenizer=None,
 ) -> dict:
     """Evaluate `tasks` (names, or one comma-separated string) -> {task: {metric: value, ..., 'n': N}}.
 
     Meant to be called from the training loop every K steps as well as from the CLI: the compiled
     scoring function and the tokenized examples are cached, so later calls only run the model. Log
     the result as rows `eval/<task>/<metric>` (see `flatten`). `should_stop()`, checked between
-    batches, ends the evaluation early with scoring.Interrupted (e.g. on Ctrl-C during training)."""
+    batches, ends the evaluation early with scoring.Interrupted (e.g. on Ctrl-C during training).
+    `tokenizer`: the run's (gpt2jax.tokenizer.for_run / from_record); default GPT-2's."""
+    from gpt2jax.tokenizer import check_vocab
+
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     for t in tasks:
         get_task(t)
+    tok = tokenizer if tokenizer is not None else _tokenizer()
+    check_vocab(tok, model_cfg.vocab_size)
     scorer = Scorer(model_cfg, params, batch_size=batch_size, batch_sharding=batch_sharding, progress=progress,
-                    should_stop=should_stop)
-    return {t: run_task(scorer, t, tasks_dir, limit) for t in tasks}
+                    should_stop=should_stop, prefix_token=tok.eot_token)
+    return {t: run_task(scorer, t, tasks_dir, limit, tokenizer=tok) for t in tasks}
 
 
 def flatten(results: dict, prefix: str = "eval") -> dict[str, float]:

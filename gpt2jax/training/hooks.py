@@ -84,13 +84,18 @@ def evaluate_tasks(loop: Loop) -> dict | None:
     from gpt2jax.eval.placement import train_batch_sharding
     from gpt2jax.eval.scoring import Interrupted
     from gpt2jax.eval.tasks import evaluate_tasks as run_tasks, flatten
+    from gpt2jax.tokenizer import from_record
 
     ev = loop.config.eval
+    # the tasks' text in the run's own tokenizer: the dataset's record (None: GPT-2's); a BPE's file is the
+    # dataset's, which every process reads (the workdir's copy is written by process 0 only)
+    tok = from_record(loop.tokenizer, loop.config.data.dir)
     # batches split over the training mesh's batch axes, as evaluate does over its devices
     sharding, batch_size = train_batch_sharding(loop.trainer, ev.batch_size)
     try:
         results = run_tasks(loop.config.model, loop.params, ev.tasks, ev.tasks_dir, limit=ev.limit or None,
-                            batch_size=batch_size, batch_sharding=sharding, should_stop=loop.should_stop)
+                            batch_size=batch_size, batch_sharding=sharding, should_stop=loop.should_stop,
+                            tokenizer=tok)
     except Interrupted as e:
         loop.print(f"step {loop.step}: evaluation interrupted by the stop request ({e}); not logged")
         return None
