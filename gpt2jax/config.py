@@ -5,7 +5,7 @@ overridden on the command line as `--config.section.key=value`. The returned Con
 a misspelt key is an error rather than a silently ignored setting.
 
 Sections:
-  model       the network's shape and numerics (see gpt2jax/model.py)
+  model       the network's shape and numerics: ModelConfig's fields (gpt2jax/model_config.py)
   data        where the token files written by `python -m gpt2jax.prepare` live
   train       the loop: steps, global batch, seed, logging/eval cadence, fine-tuning start point
   optim       AdamW, warmup + cosine schedule, clipping, gradient accumulation
@@ -22,17 +22,13 @@ import math
 import ml_collections
 
 from gpt2jax.errors import ConfigError
+from gpt2jax.model_config import (  # noqa: F401  (the model's choices, re-exported)
+    ATTENTION, DTYPES, MLPS, NORMS, PARAMETRIZATIONS, POSITIONS, REMAT, ModelConfig, padded_vocab,
+)
 
-DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("xla", "cudnn")
-REMAT = ("none", "full", "dots", "dots_no_batch")
 NONFINITE = ("stop", "skip")
-NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope", "none")
-MLPS = ("gelu", "swiglu")
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "1-sqrt", "cosine")
-PARAMETRIZATIONS = ("sp", "mup")
 
 # Logical axis -> mesh axis (or axes). Parameters and activations are annotated with the logical
 # names; these rules decide how they are laid out on the mesh. See gpt2jax/sharding.py.
@@ -52,33 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     """The full schema with defaults (GPT-2 124M shapes, single-device friendly settings)."""
     c = ml_collections.ConfigDict()
 
-    c.model = ml_collections.ConfigDict(
-        dict(
-            n_layer=12,
-            n_head=12,
-            n_embd=768,
-            block_size=1024,  # context length (rows of the position table)
-            vocab_size=50257,  # the real GPT-2 vocabulary; 0 = the dataset's (data.dir's meta.json), set by train
-            vocab_multiple=128,  # the embedding table is padded to a multiple of this
-            dropout=0.0,
-            dtype="float32",  # compute dtype; parameters keep param_dtype
-            param_dtype="float32",
-            attention="xla",  # 'xla' | 'cudnn' (GPU, bf16/fp16 only)
-            scan_layers=True,  # lax.scan over the stacked layers (compile time independent of depth)
-            remat="none",  # 'none' | 'full' | 'dots' | 'dots_no_batch'
-            # Variants (gpt2jax/model.py); the defaults are GPT-2 exactly.
-            norm="layernorm",  # 'layernorm' | 'rmsnorm'
-            bias=True,  # biases in linear layers and norms
-            position="learned",  # 'learned' (wpe) | 'rope' | 'none'
-            rope_base=10000.0,
-            mlp="gelu",  # 'gelu' (4x, tanh-GELU) | 'swiglu' (hidden 8D/3 rounded up to a multiple of 32)
-            tie_embeddings=True,  # the LM head is wte; False = a separate lm_head
-            qk_norm=False,  # normalise q and k per head before the scores
-            parallel_block=False,  # x + attn(ln_1(x)) + mlp(ln_1(x))
-            parametrization="sp",  # 'sp' (GPT-2's) | 'mup' (Tensor Programs V)
-            mup_base_width=256,  # muP's base width: at n_embd == this, muP equals SP
-        )
-    )
+    c.model = ml_collections.ConfigDict(ModelConfig.defaults())  # fields, defaults, docs: gpt2jax/model_config.py
     c.data = ml_collections.ConfigDict(dict(dir="data/shakespeare"))
     c.train = ml_collections.ConfigDict(
         dict(
@@ -172,12 +142,6 @@ def gpt2_config(n_layer: int, n_embd: int, n_head: int, lr: float) -> ml_collect
     return c
 
 
-def padded_vocab(model_cfg) -> int:
-    """Rows of the embedding table: vocab_size rounded up to a multiple of vocab_multiple."""
-    m = model_cfg.vocab_multiple
-    return int(math.ceil(model_cfg.vocab_size / m) * m)
-
-
 def seq_len(config) -> int:
     return int(config.train.seq_len or config.model.block_size)
 
@@ -194,35 +158,7 @@ def validate(config) -> None:
         for k, v in values.items() if hasattr(values, "items") else ():
             if isinstance(v, float):
                 _check(math.isfinite(v), f"{section}.{k}", f"must be a finite number, got {v}")
-    for f in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "vocab_multiple"):
-        hint = " (0, the dataset's vocabulary, is resolved by train only)" if f == "vocab_size" and m[f] == 0 else ""
-        _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", f"must be a positive int, got {m[f]!r}{hint}")
-    _check(
-        m.n_embd % m.n_head == 0,
-        "model.n_embd",
-        f"{m.n_embd} is not divisible by model.n_head={m.n_head}",
-    )
-    _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
-    _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
-    _check(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}, got {m.param_dtype!r}")
-    _check(m.attention in ATTENTION, "model.attention", f"must be one of {ATTENTION}, got {m.attention!r}")
-    if m.attention == "cudnn":
-        _check(
-            m.dtype in ("bfloat16", "float16"),
-            "model.attention",
-            f"'cudnn' needs model.dtype bfloat16 or float16, got {m.dtype!r}",
-        )
-        _check(m.dropout == 0.0, "model.attention", "'cudnn' has no attention dropout; set model.dropout=0")
-    _check(m.remat in REMAT, "model.remat", f"must be one of {REMAT}, got {m.remat!r}")
-    for f, choices in (("norm", NORMS), ("position", POSITIONS), ("mlp", MLPS), ("parametrization", PARAMETRIZATIONS)):
-        _check(m[f] in choices, f"model.{f}", f"must be one of {choices}, got {m[f]!r}")
-    for f in ("bias", "tie_embeddings", "qk_norm", "parallel_block", "scan_layers"):
-        _check(isinstance(m[f], bool), f"model.{f}", f"must be True or False, got {m[f]!r}")
-    _check(m.rope_base > 1 and math.isfinite(m.rope_base), "model.rope_base", f"must be a finite number > 1, got {m.rope_base}")
-    if m.position == "rope":
-        _check((m.n_embd // m.n_head) % 2 == 0, "model.position", f"'rope' needs an even head size, got {m.n_embd // m.n_head}")
-    _check(isinstance(m.mup_base_width, int) and m.mup_base_width > 0, "model.mup_base_width",
-           f"must be a positive int, got {m.mup_base_width!r}")
+    ModelConfig.of(m).validate()  # every model field (gpt2jax/model_config.py)
 
     _check(isinstance(t.num_steps, int) and t.num_steps > 0, "train.num_steps", f"must be > 0, got {t.num_steps!r}")
     _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")

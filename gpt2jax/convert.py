@@ -212,12 +212,11 @@ def _check_map(m) -> dict:
     """The derived parameter shapes of model config `m`, after checking that the name map covers every
     parameter (wte, lm_head and biases aside) with the element count of its HF tensor. Raises
     ConversionError naming what GPT2LMHeadModel cannot hold."""
-    mc = ModelConfig.of(m)
+    mc, gpt2 = ModelConfig.of(m), ModelConfig()  # the defaults are GPT-2
     unsupported = [
         f"model.{f}={getattr(mc, f)!r}"
-        for f, default in (("norm", "layernorm"), ("position", "learned"), ("mlp", "gelu"), ("qk_norm", False),
-                           ("parallel_block", False), ("parametrization", "sp"))
-        if getattr(mc, f) != default
+        for f in ("norm", "position", "mlp", "qk_norm", "parallel_block", "parametrization")
+        if getattr(mc, f) != getattr(gpt2, f)
     ]
     if unsupported:
         raise ConversionError(

@@ -66,82 +66,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpt2jax.config import padded_vocab
+from gpt2jax.model_config import MUP_DEFAULT_BASE_WIDTH, ModelConfig, padded_vocab  # noqa: F401  (re-exported)
 
 LN_EPS = 1e-5
 NEG_INF = -1e9  # logit of padded vocabulary rows and of masked attention scores
-MUP_DEFAULT_BASE_WIDTH = 256  # the width at which muP equals SP (the quickstart's width)
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-# ----------------------------------------------------------------------------------------- config
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The `model` section of a gpt2jax config as a frozen, hashable value (a valid jit static argument).
-    `ModelConfig.of(config.model)` builds it; gpt2jax/config.py documents and validates every field."""
-
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50257
-    vocab_multiple: int = 128
-    dropout: float = 0.0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    attention: str = "xla"
-    scan_layers: bool = True
-    remat: str = "none"
-    norm: str = "layernorm"
-    bias: bool = True
-    position: str = "learned"
-    rope_base: float = 10000.0
-    mlp: str = "gelu"
-    tie_embeddings: bool = True
-    qk_norm: bool = False
-    parallel_block: bool = False
-    parametrization: str = "sp"
-    mup_base_width: int = MUP_DEFAULT_BASE_WIDTH
-
-    @classmethod
-    def of(cls, cfg) -> "ModelConfig":
-        """From a ConfigDict / dict model section (or a ModelConfig, returned as is)."""
-        if isinstance(cfg, ModelConfig):
-            return cfg
-        names = {f.name for f in dataclasses.fields(cls)}
-        keys = cfg.keys() if hasattr(cfg, "keys") else ()
-        return cls(**{k: cfg[k] for k in keys if k in names})
-
-    def replace(self, **changes) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def padded_vocab(self) -> int:
-        return padded_vocab(self)
-
-    @property
-    def mlp_hidden(self) -> int:
-        if self.mlp == "swiglu":  # 8D/3 rounded up to a multiple of 32: 3 D F' ~ GPT-2's 2 D (4D)
-            return -(-8 * self.n_embd // 96) * 32
-        return 4 * self.n_embd
-
-    @property
-    def mup(self) -> bool:
-        return self.parametrization == "mup"
-
-    @property
-    def width_mult(self) -> float:
-        """muP's width multiplier n_embd / mup_base_width (1 under SP)."""
-        return self.n_embd / self.mup_base_width if self.mup else 1.0
 
 
 # ------------------------------------------------------------------------------ parameter specs
@@ -369,13 +303,12 @@ def _dropout(x, rate, key):
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def block(p, x_BTD, *, cfg, key=None, kv=None, pos=None, positions_T=None, capture=False):
+def block(p, x_BTD, *, cfg: ModelConfig, key=None, kv=None, pos=None, positions_T=None, capture=False):
     """One transformer block on one layer's parameters `p`.
 
     key: dropout key (None = deterministic). kv: optional (k_cache_BSHK, v_cache_BSHK) for decoding at
     position `pos`; then returns (x, (k_cache, v_cache)) with the new keys/values written in. With
     capture, returns (x, kv, attention probabilities)."""
-    cfg = ModelConfig.of(cfg)
     if positions_T is None:
         positions_T = (0 if pos is None else pos) + jnp.arange(x_BTD.shape[1])
     keys = list(jax.random.split(key, 3)) if key is not None else [None] * 3
@@ -487,7 +420,8 @@ def _init_group(specs, cfg: ModelConfig, rng):
 
 # ------------------------------------------------------------------------------------- the model
 class GPT2(nn.Module):
-    """GPT-2. `config` is the `model` section of a gpt2jax config (see gpt2jax/config.py) or a ModelConfig."""
+    """GPT-2. `config` is a ModelConfig (gpt2jax/model_config.py) or the `model` section of a gpt2jax config,
+    converted once here; the layers below get the ModelConfig."""
 
     config: Any
 

@@ -87,7 +87,7 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    o = config.optim
+    o, m = config.optim, ModelConfig.of(config.model)
     parts = []
     if o.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip))
@@ -98,9 +98,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
             b2=o.b2,
             eps=o.eps,
             weight_decay=o.weight_decay,
-            mask=decay_mask(config.model),
+            mask=decay_mask(m),
         )
     )
-    if ModelConfig.of(config.model).mup:
-        parts.append(scale_by_tree(lr_scales(config.model)))
+    if m.mup:
+        parts.append(scale_by_tree(lr_scales(m)))
     return optax.chain(*parts)

@@ -17,7 +17,7 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2jax.config import ConfigError
-from gpt2jax.model import param_axes, param_shapes
+from gpt2jax.model import ModelConfig, param_axes, param_shapes
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -80,9 +80,9 @@ def logical_specs(model_cfg):
 
 def param_shardings(config, mesh: Mesh):
     """NamedShardings for every parameter, checking that each sharded dimension divides evenly."""
-    r = rules(config)
-    specs = logical_specs(config.model)
-    shapes = param_shapes(config.model)
+    r, m = rules(config), ModelConfig.of(config.model)
+    specs = logical_specs(m)
+    shapes = param_shapes(m)
 
     def check(spec, shape, path):
         # The mesh axes flax actually assigns (rules in order; a mesh axis used by an earlier
