@@ -99,3 +99,57 @@ def test_every_tool_ends_a_mistake_in_one_line(installed, tmp_path, how):
         assert "Traceback" not in res.stderr, (tool, res.stderr[-2000:])
         assert lines and lines[-1].startswith("error: "), (tool, res.stderr[-2000:])
         assert len(lines[-1]) > len("error: ") + 10, (tool, lines[-1])
+
+
+def _imports(root: pathlib.Path):
+    """{module: {gpt2jax modules it imports, at module level or inside functions}} for gpt2jax/."""
+    import ast
+
+    mods = {}
+    for p in (root / "gpt2jax").rglob("*.py"):
+        parts = list(p.relative_to(root).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        mods[".".join(parts[:-1] if is_pkg else parts)] = (p, is_pkg)
+    edges = {}
+    for m, (p, is_pkg) in mods.items():
+        out = set()
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = m.split(".") if is_pkg else m.split(".")[:-1]
+                if node.level:
+                    base = base[: len(base) - (node.level - 1)]
+                    pkg = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    pkg = node.module or ""
+                targets = [f"{pkg}.{a.name}" if f"{pkg}.{a.name}" in mods else pkg for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in mods and t != m:
+                    out.add(t)
+        edges[m] = out
+    return edges
+
+
+def test_no_import_cycles():
+    edges = _imports(ROOT)
+    assert len(edges) > 20
+    state, cycles = {}, []
+
+    def visit(v, path):
+        state[v] = "open"
+        for w in sorted(edges[v]):
+            if state.get(w) == "open":
+                cycles.append(path[path.index(w):] + [w])
+            elif w not in state:
+                visit(w, path + [w])
+        state[v] = "done"
+
+    for v in sorted(edges):
+        if v not in state:
+            visit(v, [v])
+    assert not cycles, cycles

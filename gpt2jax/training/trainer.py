@@ -38,7 +38,7 @@ class Trainer:
         self.batch_slice = shd.process_batch_slice(
             self.batch_sharding, (config.train.batch_size, self.seq_len + 1)
         )
-        shapes = abstract_params(config.model)
+        shapes = abstract_params(self.model.config)  # the frozen ModelConfig, converted once (GPT2)
         self.abstract_params = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.param_sharding
         )
@@ -58,7 +58,7 @@ class Trainer:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_shapes, self.opt_sharding
         )
         self._init_params = jax.jit(
-            lambda k: init_params(config.model, k), out_shardings=self.param_sharding
+            lambda k: init_params(self.model.config, k), out_shardings=self.param_sharding
         )
         self._init_opt = jax.jit(
             self.optimizer.init, in_shardings=(self.param_sharding,), out_shardings=self.opt_sharding
