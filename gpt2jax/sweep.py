@@ -17,17 +17,23 @@ params_non_embedding, tags), written before the run starts. DIR/<name>/ is the r
 
 Launchers (every external command is printed before it runs; --dry_run prints them and runs none):
   local  each run as its own `gpt2jax.train` subprocess, one after another, output teed to
-         DIR/<name>/train.log; finished runs are skipped, interrupted ones resume; Ctrl-C is passed
-         to the current run, which saves; the same command continues (gpt2jax/scaling/local.py).
+         DIR/<name>/train.log; finished runs (checkpoint at num_steps, or at train.stop_after when
+         that comes first) are skipped, interrupted ones resume; a cooldown branch runs after its
+         parent, and is skipped with a message when the parent has no checkpoint at its
+         train.branch_step; Ctrl-C is passed to the current run, which saves; the same command
+         continues (gpt2jax/scaling/local.py).
   tpu    --action=launch|status|tail|fetch|delete: one queued-resource TPU VM slice per group of
-         runs, data and checkpoints in buckets (gpt2jax/scaling/tpu.py).
-  slurm  writes DIR/sweep.sbatch, one job array (array index -> run) and submits it with sbatch
-         (gpt2jax/scaling/slurm.py).
+         runs (a parent and its cooldown branches on one slice, the branches after it), data and
+         checkpoints in buckets (gpt2jax/scaling/tpu.py).
+  slurm  writes DIR/sweep.sbatch, one job array (array index -> run) and submits it with sbatch;
+         cooldown branches go into DIR/sweep-branches.sbatch, submitted with
+         --dependency=afterok:<the first array's job id> (gpt2jax/scaling/slurm.py).
 
 --set=FIELD=VALUE (repeatable) overrides a config field of every run, after the spec's own (e.g.
 --set=data.dir=/data/shk). Exit status: 0 when every run is finished or stopped by
-train.stop_after, 1 when a run failed (its name and log are printed), 2 for a mistake in the spec,
-an override or a flag (one message naming it), 130 when interrupted.
+train.stop_after, 1 when a run failed (its name and log are printed) or a cooldown branch could not
+start (its parent has no checkpoint at train.branch_step), 2 for a mistake in the spec, an override or
+a flag (one message naming it), 130 when interrupted.
 """
 
 from __future__ import annotations

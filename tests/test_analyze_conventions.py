@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpt2jax.errors import AnalysisError
-from gpt2jax.scaling import analysis, table
+from gpt2jax.scaling import analysis, planner, table
 
 
 def _runs():
@@ -28,7 +28,12 @@ def test_conventions_change_what_is_fitted():
     ne = analysis.run_fits(_runs(), n_boot=0, params="non_embedding")
     bpb = analysis.run_fits(_runs(), n_boot=0, metric="bpb")
     att = analysis.run_fits(_runs(), n_boot=0, flops="attention")
-    assert "convention" not in base and ne["convention"] == {"params": "non_embedding", "flops": "6nd", "metric": "loss"}
+    # fits.json always says what N, C and the metric were, the defaults too.
+    assert base["convention"] == {"params": "total", "flops": "6nd", "metric": "loss"}
+    assert ne["convention"] == {"params": "non_embedding", "flops": "6nd", "metric": "loss"}
+    assert att["convention"]["flops"] == "attention" and bpb["convention"]["metric"] == "bpb"
+    empty = analysis.run_fits([{**_runs()[0], "status": "running"}], n_boot=0)
+    assert empty["convention"] == {"params": "total", "flops": "6nd", "metric": "loss"}
     # N: all parameters by default, the non-embedding ones with --params=non_embedding.
     assert base["isoflop"]["per_budget"][0]["params"][0] == 7e4
     assert ne["isoflop"]["per_budget"][0]["params"][0] == 5e4
@@ -59,3 +64,33 @@ def test_branch_and_bpb_columns(tmp_path):
     assert (rec["branch_of"], rec["branch_step"], rec["bpb"], rec["tokens"]) == ("iso-L2-D32-stable", 8, 2.9, 320.0)
     cols, rows = table.table_rows([rec])
     assert {"bpb", "branch_of", "branch_step"} <= set(cols) and rows[0]["branch_of"] == "iso-L2-D32-stable"
+
+
+def test_fits_json_records_the_default_convention(tmp_path):
+    analysis.analyze(_runs(), str(tmp_path), {"test": True}, n_boot=0, plots=False)
+    saved = json.loads((tmp_path / "fits.json").read_text())
+    assert saved["convention"] == {"params": "total", "flops": "6nd", "metric": "loss"}
+
+
+def test_planner_counts_n_as_the_fits_did():
+    """Under --params=non_embedding the laws are in non-embedding N: the planner matches the shape and
+    evaluates the lr law, D and the loss at the shape's non-embedding parameters, not its total."""
+    lr_fit = {"x": 0.5, "log_k": math.log(3.0)}  # lr_opt = 3 N^-0.5
+    iso = {"a": 0.5, "log_k": math.log(0.1)}  # N_opt = 0.1 sqrt(C)
+    base = {"chinchilla": {"skipped": "x"}, "isoflop": iso, "lr": lr_fit}
+    c = 1e18  # N_opt = 1e8
+    total = planner.plan({**base, "convention": {"params": "total", "flops": "6nd", "metric": "loss"}}, c)
+    ne = planner.plan({**base, "convention": {"params": "non_embedding", "flops": "6nd", "metric": "loss"}}, c)
+    old = planner.plan(base, c)  # a fits.json from before the convention was recorded: total
+    s = ne["shape"]
+    assert s["params_non_embedding"] < s["params"]
+    assert ne["lr"] == pytest.approx(3.0 * s["params_non_embedding"] ** -0.5)
+    assert ne["lr"] != pytest.approx(3.0 * s["params"] ** -0.5, rel=1e-3)
+    assert ne["D_shape"] == pytest.approx(c / (6 * s["params_non_embedding"]))
+    assert abs(math.log(s["params_non_embedding"] / 1e8)) < math.log(1.1)  # the shape matched on N_ne
+    t = total["shape"]
+    assert total["lr"] == pytest.approx(3.0 * t["params"] ** -0.5) and old["lr"] == total["lr"]
+    assert abs(math.log(t["params"] / 1e8)) < math.log(1.1)
+    assert (s["n_layer"], s["n_embd"]) != (t["n_layer"], t["n_embd"])
+    text = planner.format_plan(ne)
+    assert f"at the shape's N = {s['params_non_embedding']:,})" in text and "non-embedding parameters" in text

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from gpt2jax import sweep as sweep_cli
 from gpt2jax.errors import SweepError
-from gpt2jax.scaling import launch, overrides, resolve, slurm
+from gpt2jax.scaling import launch, overrides, resolve, slurm, tpu
 from gpt2jax.scaling import spec as spec_lib
 from gpt2jax.model import num_params
 
@@ -225,6 +226,136 @@ def test_dry_run_slurm_sbatch_file(tmp_path, capsys):
     assert not root.exists()
 
 
+# -- cooldown branches: the order on SLURM and TPU ----------------------------------------------
+BRANCHES = """
+def get_sweep():
+    runs = cooldowns("cd", "configs/tiny.py", [(1, 32)], tokens={(1, 32): [4 * 32 * 10, 4 * 32 * 20]},
+                     seq_len=32, batch_size=lambda shape, Ds: 4, n_head=lambda shape: 2,
+                     lr=lambda shape, Ds: 1e-3, warmup=lambda shape, steps: 1)
+    runs += grid("t", "configs/tiny.py", {"train.seed": [0]}, overrides={"train.num_steps": 4})
+    tpu = TPU(project="proj", zone="us-central2-b", accelerator_type="v4-8", slices=SLICES,
+              data_dir="gs://bkt/data/shk", checkpoint_bucket="gs://bkt/runs", repo_url="https://x/g.git")
+    slurm = Slurm(partition="gpu", time="01:00:00", repo_dir="/shared/gpt2jax", data_dir="/shared/data/shk")
+    return Sweep(runs=runs, tpu=tpu, slurm=slurm, name="cd")
+"""
+PARENT, B1, B2 = "cd-L1-D32-stable", "cd-T1e03-L1-D32", "cd-T3e03-L1-D32"
+
+
+def test_dry_run_slurm_branches_wait_for_their_parents(tmp_path, capsys):
+    spec = write_spec(tmp_path, BRANCHES.replace("SLICES", "0"))
+    root = tmp_path / "r"
+    assert sweep_cli.run_sweep(spec, str(root), "slurm", dry_run=True) == 0
+    out = capsys.readouterr().out
+    parents, branches = root / "sweep.sbatch", root / "sweep-branches.sbatch"
+    assert out.splitlines()[-2:] == [f"$ sbatch --parsable {parents}",
+                                     f"$ sbatch --parsable --dependency=afterok:<JOB_ID_0> {branches}"]
+    planned = resolve.plan(resolve.load_spec(spec), spec)
+    (p0, first), (p1, second) = slurm.slurm_jobs(planned, resolve.load_spec(spec).slurm, str(root), "cd")
+    assert (p0, p1) == (str(parents), str(branches)) and first in out and second in out
+    assert "#SBATCH --array=0-1" in first.splitlines() and "#SBATCH --job-name=cd" in first.splitlines()
+    assert "#SBATCH --job-name=cd-branches" in second.splitlines() and "#SBATCH --array=0-1" in second.splitlines()
+    case = [ln for ln in first.splitlines() if ln.startswith("  0) ") or ln.startswith("  1) ")]
+    assert [c.split("NAME=")[1].split(";")[0] for c in case] == [PARENT, "t-seed0"]
+    case = [ln for ln in second.splitlines() if ln.startswith("  0) ") or ln.startswith("  1) ")]
+    assert [c.split("NAME=")[1].split(";")[0] for c in case] == [B1, B2]
+    # a branch reads its parent as the sibling of its workdir: ROOT/<parent>, where the parent writes
+    assert all(f"--config.train.branch_from={PARENT} " in c and f"--workdir={root / c.split('NAME=')[1].split(';')[0]} " in c
+               for c in case)
+    assert not root.exists()
+
+
+def test_slurm_submits_the_branches_after_the_parents_job(tmp_path, monkeypatch, capsys):
+    """A real submission with a stand-in sbatch: the first array with --parsable, its job id (before
+    ';cluster') in the second's --dependency=afterok; without branches, one plain `sbatch FILE`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/bash\necho \"$*\" >> {calls}\n"
+                      f"n=$(wc -l < {calls}); echo \"$((4241 + n));clusterA\"\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    spec = write_spec(tmp_path, BRANCHES.replace("SLICES", "0"))
+    root = tmp_path / "r"
+    assert sweep_cli.run_sweep(spec, str(root), "slurm") == 0
+    assert calls.read_text().splitlines() == [
+        f"--parsable {root / 'sweep.sbatch'}",
+        f"--parsable --dependency=afterok:4242 {root / 'sweep-branches.sbatch'}"]
+    out = capsys.readouterr().out
+    assert f"submitted {root / 'sweep.sbatch'}: job 4242" in out and "job 4243 (after the job before it succeeds)" in out
+    assert (root / "sweep-branches.sbatch").read_text().startswith("#!/bin/bash")
+
+    calls.unlink()
+    plain = write_spec(tmp_path, TWO_RUNS, name="plain.py")
+    assert sweep_cli.run_sweep(plain, str(tmp_path / "p"), "slurm") == 0
+    assert calls.read_text().splitlines() == [str(tmp_path / "p" / "sweep.sbatch")]
+    assert not (tmp_path / "p" / "sweep-branches.sbatch").exists()
+
+    with pytest.raises(SweepError, match="sbatch --parsable printed 'Submitted batch job 7', not a job id"):
+        slurm.parse_job_id("Submitted batch job 7\n")
+    assert slurm.parse_job_id("99\n") == "99"
+
+
+def _start_chain(start_cmd: str) -> str:
+    """The chain of runs inside a slice's start command (`cd DIR && nohup bash -c CHAIN > ... &`)."""
+    words = shlex.split(shlex.split(start_cmd)[-1].removeprefix("--command="))
+    return words[words.index("-c") + 1]
+
+
+@pytest.mark.parametrize("slices", [0, 1])
+def test_dry_run_tpu_branches_follow_their_parent_on_its_slice(tmp_path, capsys, slices):
+    spec = write_spec(tmp_path, BRANCHES.replace("SLICES", str(slices)))
+    root = tmp_path / "r"
+    assert sweep_cli.run_sweep(spec, str(root), "tpu", dry_run=True, action="launch") == 0
+    out = capsys.readouterr().out
+    starts = [ln[2:] for ln in out.splitlines() if ln.startswith("$ ") and "nohup" in ln]
+    sl = "gpt2jax-cd-l1-d32-stable" if slices == 0 else "gpt2jax-0"
+    assert len(starts) == (2 if slices == 0 else 1)
+    assert (f"# {sl} runs, in order: {PARENT}, then after it {B1}, {B2}" + ("; t-seed0" if slices else "")
+            + " (a branch starts when the run it branches from has succeeded)") in out
+    chain = _start_chain(starts[0])
+    run = {n: f"mkdir -p runs/{n} && .venv/bin/python -m gpt2jax.train --config=configs/tiny.py --workdir=runs/{n} "
+           for n in (PARENT, B1, B2, "t-seed0")}
+    i_p, i_1, i_2 = (chain.index(run[n]) for n in (PARENT, B1, B2))
+    assert i_p < i_1 < i_2
+    assert f"> runs/{PARENT}/train.log 2>&1 && ( {run[B1]}" in chain
+    assert f"> runs/{B1}/train.log 2>&1 ; {run[B2]}" in chain and chain.count(" )") >= 1
+    # the branches read the parent's checkpoints where they are: its checkpoint.dir in the bucket
+    for b in (B1, B2):
+        seg = chain[chain.index(run[b]):].split(" > ")[0]
+        assert f"--config.train.branch_from=gs://bkt/runs/{PARENT} " in seg and f"--config.checkpoint.dir=gs://bkt/runs/{b}" in seg
+    assert f"--config.train.branch_from={PARENT} " not in chain
+    if slices == 1:  # the other family after this one, whatever became of it
+        assert chain.endswith(f"{B2}/train.log 2>&1 ) ; {run['t-seed0']}" + chain.split(run["t-seed0"])[1])
+    else:
+        assert run["t-seed0"] in _start_chain(starts[1])
+
+
+def test_tpu_chain_runs_branches_only_after_their_parent_succeeded(tmp_path, capsys):
+    """The slice's chain run by bash with a stand-in python that fails the runs named in FAIL: a failed
+    parent skips its branches, not the next family; a failed branch does not stop its sibling."""
+    spec = write_spec(tmp_path, BRANCHES.replace("SLICES", "1"))
+    planned = resolve.plan(resolve.load_spec(spec), spec)
+    [(_, runs)] = tpu.tpu_slices(planned, resolve.load_spec(spec).tpu)
+    assert [p.name for p in runs] == [PARENT, B1, B2, "t-seed0"]
+    assert sweep_cli.run_sweep(spec, str(tmp_path / "r"), "tpu", dry_run=True, action="launch") == 0
+    chain = _start_chain(next(ln[2:] for ln in capsys.readouterr().out.splitlines() if "nohup" in ln))
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.write_text('#!/bin/bash\nfor a; do case $a in --workdir=*) w=${a#--workdir=runs/};; esac; done\n'
+                    f'echo "$w" >> {tmp_path / "ran"}\ncase " $FAIL " in *" $w "*) exit 1;; esac\n')
+    fake.chmod(0o755)
+
+    def ran(fail):
+        (tmp_path / "ran").unlink(missing_ok=True)
+        subprocess.run(["bash", "-c", chain], cwd=tmp_path, env={**os.environ, "FAIL": fail}, check=False)
+        return (tmp_path / "ran").read_text().split()
+
+    assert ran("") == [PARENT, B1, B2, "t-seed0"]
+    assert ran(PARENT) == [PARENT, "t-seed0"]
+    assert ran(B1) == [PARENT, B1, B2, "t-seed0"]
+
+
 # -- a real local sweep ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def xla_cache(tmp_path_factory):
@@ -256,7 +387,7 @@ def test_local_sweep_records_skips_and_resumes(tmp_path, shakespeare_dir, xla_ca
     rc = sweep_cli.run_sweep(spec, str(root), "local", sets=common + ["train.stop_after=2"], progress=False)
     assert rc == 0
     out = capsys.readouterr().out
-    assert out.count("$ ") == 2 and "1/2 runs finished; not yet: a (step 2 of 4)" in out
+    assert out.count("$ ") == 2 and "all 2 runs finished" in out
     sweep_json = json.loads((root / "sweep.json").read_text())
     assert sweep_json["spec"] == spec and [r["name"] for r in sweep_json["runs"]] == ["a", "b"]
     for name, steps, budget in (("a", 4, None), ("b", 2, 1e12)):
@@ -271,6 +402,13 @@ def test_local_sweep_records_skips_and_resumes(tmp_path, shakespeare_dir, xla_ca
         assert rec["params"] == num_params(cfg.model) and rec["params_non_embedding"] == num_params(cfg.model, True)
         assert sorted(os.listdir(root / name / "checkpoints")) == ["2"]
         assert log_starts(name) == 1
+
+    # 1b: the same command again: a is done to its stop_after (as a cooldown sweep's parent is), so
+    # nothing starts
+    assert sweep_cli.run_sweep(spec, str(root), "local", sets=common + ["train.stop_after=2"], progress=False) == 0
+    out = capsys.readouterr().out
+    assert "$ " not in out and "a: done to train.stop_after=2 (checkpoint at step 2; num_steps 4), skipped" in out
+    assert "b: finished (checkpoint at step 2 of 2), skipped" in out and "all 2 runs finished" in out
 
     # 2: the same command without stop_after resumes a from step 2 and finishes it; b is skipped
     assert sweep_cli.run_sweep(spec, str(root), "local", sets=common, progress=False) == 0

@@ -15,7 +15,7 @@ The modules, in the order data flows (each imports only those above it):
     spec.py        Run / Sweep / TPU / Slurm and the helpers that build runs
     cooldowns.py   cooldown sweeps (one stable WSD parent per shape, one branch per budget)
     resolve.py     a spec file -> validated runs and their records (sweep_run.json)
-    launch.py      what the launchers share: records, train command lines, a run's latest checkpoint
+    launch.py      what the launchers share: records, train command lines, where a run stands, branch order
     local.py, tpu.py, slurm.py   the launchers
     table.py       run directories (or a CSV table) -> records and runs.csv
     fits.py        the scaling-law fits with bootstrap intervals (numpy + scipy)

@@ -79,10 +79,9 @@ def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_token
         "unfinished": {r["name"]: r["status"] for r in runs if r["status"] != "finished"},
         "count_basis": _count_basis(done) if done else None,
     }
-    if convention != {"params": "total", "flops": "6nd", "metric": "loss"}:
-        out["convention"] = convention
-        if left:
-            out["left_out_by_convention"] = left
+    out["convention"] = convention  # always: a fits.json says what N, C and the metric were
+    if left:
+        out["left_out_by_convention"] = left
     if not done:
         reason = "no finished runs (a run counts once it has a val_loss at its num_steps)"
         for k in ("chinchilla", "power_law_n", "frontier", "isoflop"):
@@ -250,8 +249,8 @@ def summarize(fits: dict) -> str:
 
 def analyze(runs: list[dict], out_dir: str, source: dict, n_boot: int = 200, seed: int = 0,
             plots: bool = True, **fit_kw) -> dict:
-    """Fit, write fits.json (with the convention of `fit_kw`'s params / flops / metric when not the
-    default total / 6nd / loss) and draw the plots."""
+    """Fit, write fits.json (with the convention of `fit_kw`'s params / flops / metric under "convention",
+    the defaults total / 6nd / loss included) and draw the plots."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)

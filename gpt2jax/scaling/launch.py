@@ -1,6 +1,8 @@
 """What every launcher shares: the records written before the runs start (ROOT/sweep.json and
-ROOT/<name>/sweep_run.json, read by gpt2jax-analyze), each run's `gpt2jax.train` command line, and where
-a run stands (its latest committed checkpoint). Every external command is printed before it runs.
+ROOT/<name>/sweep_run.json, read by gpt2jax-analyze), each run's `gpt2jax.train` command line, where
+a run stands (its latest committed checkpoint, the step it is done at), and the order of cooldown
+branches (a run whose `train.branch_from` names another run of the sweep starts after that run).
+Every external command is printed before it runs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,105 @@ def train_args(p: Planned, workdir: str, config_path: str | None = None, extra: 
 def print_cmd(cmd, out=None) -> None:
     text = cmd if isinstance(cmd, str) else shlex.join(cmd)
     print(f"$ {text}", file=out or sys.stdout, flush=True)
+
+
+def target_step(p: Planned) -> int:
+    """The step a run is done at: train.num_steps, or train.stop_after when it stops earlier (a cooldown
+    sweep's stable parent stops where its longest branch's cooldown starts)."""
+    t = p.config.train
+    return min(int(t.num_steps), int(t.stop_after)) if t.stop_after else int(t.num_steps)
+
+
+def is_done(p: Planned, step: int | None) -> bool:
+    return step is not None and step >= target_step(p)
+
+
+def sweep_parent(p: Planned, names) -> str | None:
+    """The run of the sweep (its name, one of `names`) that `p` branches from, or None: `p` is no
+    cooldown branch, or its train.branch_from is a path outside the sweep. A bare run name is what
+    `cooldowns` writes, and what train reads as the sibling workdir of the branch's own."""
+    src = str(p.config.train.branch_from or "")
+    return src if src and "/" not in src and os.sep not in src and src in names else None
+
+
+def branch_depths(planned: list) -> dict:
+    """Run name -> 0 for a run that starts on its own, k + 1 for a branch of a run of depth k of the sweep.
+    A run that branches from itself, directly or through others, is a SweepError naming them."""
+    by_name = {p.name: p for p in planned}
+    depth: dict = {}
+
+    def visit(name, path):
+        if name in depth:
+            return depth[name]
+        if name in path:
+            raise SweepError("cooldown branches form a cycle (train.branch_from): " + " -> ".join(path + [name]))
+        parent = sweep_parent(by_name[name], by_name)
+        depth[name] = 0 if parent is None else visit(parent, path + [name]) + 1
+        return depth[name]
+
+    for p in planned:
+        visit(p.name, [])
+    return depth
+
+
+def families(planned: list) -> list:
+    """[(run, [its branches' families])] for every run that starts on its own, in the sweep's order: a
+    parent before its branches, the branches of a run in the sweep's order. Without branches, one
+    family per run, each run alone."""
+    branch_depths(planned)  # refuses cycles
+    names = {p.name for p in planned}
+    kids: dict = {}
+    for p in planned:
+        parent = sweep_parent(p, names)
+        if parent is not None:
+            kids.setdefault(parent, []).append(p)
+
+    def family(p):
+        return (p, [family(k) for k in kids.get(p.name, [])])
+
+    return [family(p) for p in planned if sweep_parent(p, names) is None]
+
+
+def flatten(family) -> list:
+    p, kids = family
+    return [p] + [q for k in kids for q in flatten(k)]
+
+
+def ordered(planned: list) -> list:
+    """The runs with every branch after the run it branches from (the sweep's order otherwise kept)."""
+    return [q for f in families(planned) for q in flatten(f)]
+
+
+def parent_dir(p: Planned, workdir: str) -> str:
+    """The directory a branch reads its parent from, as gpt2jax.train resolves train.branch_from: a bare
+    run name is the sibling of the branch's workdir."""
+    src = os.path.expanduser(str(p.config.train.branch_from))
+    if "://" in src:
+        return src
+    if os.sep not in src:
+        src = os.path.join(os.path.dirname(os.path.abspath(workdir)), src)
+    return os.path.abspath(src)
+
+
+def parent_steps(path: str) -> list | None:
+    """The committed checkpoint steps of the run (or checkpoints directory) at `path`, or None when it has
+    no checkpoints."""
+    from gpt2jax import checkpoint as ckpt_lib
+
+    try:
+        directory = ckpt_lib.checkpoint_dir(path)
+    except ckpt_lib.CheckpointError:
+        return None
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    ckpt = ckpt_lib.Checkpointer(None, read_only=True, directory=directory)
+    try:
+        return list(ckpt.all_steps())
+    finally:
+        ckpt.manager.close()
+        logging.set_verbosity(level)
 
 
 def latest_step(planned: Planned, workdir: str) -> int | None:

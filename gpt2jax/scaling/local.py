@@ -1,6 +1,9 @@
 """The local launcher: each run as its own `gpt2jax.train` subprocess, one after another, output teed to
-ROOT/<name>/train.log. A run whose latest checkpoint is at its num_steps is skipped; an interrupted one
-resumes (train resumes by itself from its workdir). Ctrl-C is passed to the current run, which saves; the
+ROOT/<name>/train.log. A run whose latest checkpoint is at its num_steps (or its train.stop_after, when
+that comes first: a cooldown sweep's stable parent) is skipped; an interrupted one resumes (train resumes
+by itself from its workdir). Cooldown branches run after the run they branch from; a branch that has not
+started yet whose parent has no checkpoint at its train.branch_step is skipped with a message (and the
+sweep ends with status 1) instead of being started. Ctrl-C is passed to the current run, which saves; the
 same command continues.
 """
 
@@ -14,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from gpt2jax.scaling.launch import latest_step, train_args
+from gpt2jax.scaling.launch import is_done, latest_step, ordered, parent_dir, parent_steps, target_step, train_args
 from gpt2jax.scaling.overrides import resolve_config_path
 
 
@@ -49,24 +52,46 @@ def _stream_child(proc, log, on_line, on_step) -> None:
         on_line(buf.decode("utf-8", "replace").rstrip())
 
 
+def _done_note(p, done: int) -> str:
+    n, target = p.num_steps, target_step(p)
+    if target < n:
+        return f"done to train.stop_after={target} (checkpoint at step {done}; num_steps {n})"
+    return f"finished (checkpoint at step {done} of {n})"
+
+
+def branch_blocker(p, workdir: str, done: int | None) -> str | None:
+    """Why a cooldown branch cannot start now (its parent has no checkpoint at train.branch_step), or
+    None: it can, or it is no branch, or it has checkpoints of its own (it resumes from those)."""
+    t = p.config.train
+    if not t.branch_from or done is not None:
+        return None
+    where = parent_dir(p, workdir)
+    steps = parent_steps(where)
+    if steps is not None and int(t.branch_step) in steps:
+        return None
+    has = "no checkpoints" if not steps else f"checkpoints at steps {sorted(steps)}"
+    return (f"its parent {where} has no checkpoint at train.branch_step={t.branch_step} ({has}); "
+            "run the parent to that step first")
+
+
 def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True) -> int:
     from tqdm.auto import tqdm
 
     todo = []
-    for p in planned:
+    for p in ordered(planned):
         wd = os.path.abspath(os.path.join(root, p.name))
         done = latest_step(p, wd)
         todo.append((p, wd, done))
-        if done is not None and done >= p.num_steps:
-            print(f"{p.name}: finished (checkpoint at step {done} of {p.num_steps}), skipped", flush=True)
+        if is_done(p, done):
+            print(f"{p.name}: {_done_note(p, done)}, skipped", flush=True)
     if dry_run:
         for p, wd, done in todo:
-            if done is None or done < p.num_steps:
+            if not is_done(p, done):
                 cmd = [sys.executable] + train_args(p, wd, os.path.abspath(resolve_config_path(p.run.config)))
                 print(f"$ {shlex.join(cmd)}  (log: {wd}/train.log)", flush=True)
         return 0
 
-    finished = sum(1 for p, _, done in todo if done is not None and done >= p.num_steps)
+    finished = sum(1 for p, _, done in todo if is_done(p, done))
     runs_bar = tqdm(total=len(planned), initial=finished, desc="sweep", unit="run", position=0,
                     dynamic_ncols=True, disable=not progress)
     stop = {"sig": None, "child": None}
@@ -78,18 +103,23 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
             child.send_signal(signal.SIGINT)  # the run finishes its step, saves and exits
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    unfinished = []
+    unfinished, blocked = [], []
     try:
         for p, wd, done in todo:
-            if done is not None and done >= p.num_steps:
+            if is_done(p, done):
                 continue
             if stop["sig"] is not None:
                 break
+            why = branch_blocker(p, wd, done)
+            if why is not None:
+                blocked.append(p.name)
+                runs_bar.write(f"{p.name}: skipped, not started: {why}", file=sys.stderr)
+                continue
             cmd = [sys.executable] + train_args(p, wd, os.path.abspath(resolve_config_path(p.run.config)))
             log_path = os.path.join(wd, "train.log")
             runs_bar.set_postfix_str(p.name)
             runs_bar.write("$ " + shlex.join(cmd) + f"  (log: {log_path})")
-            step_bar = tqdm(total=p.num_steps, initial=done or 0, desc=p.name, unit="step", position=1,
+            step_bar = tqdm(total=target_step(p), initial=done or 0, desc=p.name, unit="step", position=1,
                             leave=False, dynamic_ncols=True, mininterval=1.0, disable=not progress)
             with open(log_path, "ab") as log:
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n".encode())
@@ -121,11 +151,11 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
                     print(tail, file=sys.stderr)
                 return 1
             now = latest_step(p, wd)
-            if now is not None and now >= p.num_steps:
+            if is_done(p, now):
                 runs_bar.update(1)
             else:
-                unfinished.append(f"{p.name} (step {now} of {p.num_steps})")
-                runs_bar.write(f"  {p.name}: stopped at step {now} of {p.num_steps}")
+                unfinished.append(f"{p.name} (step {now} of {target_step(p)})")
+                runs_bar.write(f"  {p.name}: stopped at step {now} of {target_step(p)}")
         if stop["sig"] is not None:
             raise _Interrupted()
     except _Interrupted:
@@ -136,12 +166,13 @@ def launch_local(planned: list, root: str, dry_run: bool, progress: bool = True)
         for s, h in old.items():
             signal.signal(s, h)
     runs_bar.close()
-    if unfinished:
-        print(f"{len(planned) - len(unfinished)}/{len(planned)} runs finished; not yet: "
-              + ", ".join(unfinished) + " (run the same command to continue)", flush=True)
+    if unfinished or blocked:
+        print(f"{len(planned) - len(unfinished) - len(blocked)}/{len(planned)} runs finished; not yet: "
+              + ", ".join(unfinished + [f"{b} (its parent's checkpoint is missing)" for b in blocked])
+              + " (run the same command to continue)", flush=True)
     else:
         print(f"all {len(planned)} runs finished in {root}", flush=True)
-    return 0
+    return 1 if blocked else 0
 
 
 def _tail(path: str, n: int) -> str:

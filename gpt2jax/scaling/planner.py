@@ -11,10 +11,12 @@ from gpt2jax.scaling import fits as fits_lib
 
 
 def nearest_shape(n_target: float, basis: dict | None = None, head_dim: int = 64,
-                  aspect: tuple[float, float] = (32.0, 128.0)) -> dict:
+                  aspect: tuple[float, float] = (32.0, 128.0), params: str = "total") -> dict:
     """The GPT-2 style shape (n_embd a multiple of head_dim, n_head = n_embd / head_dim) whose
-    parameter count (gpt2jax.model.num_params) is nearest n_target; among shapes within 10% of it,
-    the one with n_embd / n_layer nearest 64 (GPT-2 124M's) inside `aspect`."""
+    parameter count (gpt2jax.model.num_params; all parameters, or with params='non_embedding' the
+    non-embedding ones) is nearest n_target; among shapes within 10% of it, the one with
+    n_embd / n_layer nearest 64 (GPT-2 124M's) inside `aspect`."""
+    non_emb = params == "non_embedding"
     from gpt2jax import config as config_lib
     from gpt2jax import model as model_lib
 
@@ -33,13 +35,13 @@ def nearest_shape(n_target: float, basis: dict | None = None, head_dim: int = 64
         lo, hi = 0, len(widths) - 1  # params grow with width: binary search the crossing
         while lo < hi:
             mid = (lo + hi) // 2
-            if count(n_layer, widths[mid]) < n_target:
+            if count(n_layer, widths[mid], non_emb) < n_target:
                 lo = mid + 1
             else:
                 hi = mid
         for j in {max(lo - 1, 0), lo}:
             w = widths[j]
-            cands.append((abs(math.log(count(n_layer, w) / n_target)), n_layer, w))
+            cands.append((abs(math.log(max(count(n_layer, w, non_emb), 1) / n_target)), n_layer, w))
     close = [c for c in cands if c[0] <= math.log(1.1) and aspect[0] <= c[2] / c[1] <= aspect[1]]
     if close:
         _, n_layer, w = min(close, key=lambda c: (abs(math.log(c[2] / c[1] / 64.0)), c[0]))
@@ -50,9 +52,17 @@ def nearest_shape(n_target: float, basis: dict | None = None, head_dim: int = 64
             "vocab_size": cfg.model.vocab_size, "block_size": cfg.model.block_size}
 
 
+def fit_params(fits: dict) -> str:
+    """The N the fits were made with: 'total' or 'non_embedding' (fits.json's convention; 'total' for a
+    fits.json written before it was recorded)."""
+    return ((fits.get("convention") or {}).get("params")) or "total"
+
+
 def plan(fits: dict, c: float) -> dict:
     """The allocation the fitted law gives for C FLOPs (C = 6 N D), the nearest config shape, and
-    its predicted loss."""
+    its predicted loss and learning rate. N is counted as the fits counted it (fits.json's
+    convention.params): the shape is matched, and the laws evaluated, at its non-embedding
+    parameters when the fits were made on those."""
     chin = fits.get("chinchilla") or {}
     iso = fits.get("isoflop") or {}
     out = {"budget_flops": c}
@@ -66,14 +76,16 @@ def plan(fits: dict, c: float) -> dict:
         reasons = "; ".join(f"{k}: {(fits.get(k) or {}).get('skipped', 'absent')}"
                             for k in ("chinchilla", "isoflop"))
         raise AnalysisError(f"the fits have no law for the compute-optimal size ({reasons})")
-    shape = nearest_shape(out["N_opt"], fits.get("count_basis"))
-    d_shape = c / (6.0 * shape["params"])
-    out.update(shape=shape, D_shape=d_shape, tokens_per_param=d_shape / shape["params"])
+    count = fit_params(fits)
+    shape = nearest_shape(out["N_opt"], fits.get("count_basis"), params=count)
+    n_shape = shape["params_non_embedding" if count == "non_embedding" else "params"]
+    d_shape = c / (6.0 * n_shape)
+    out.update(params=count, N_shape=n_shape, shape=shape, D_shape=d_shape, tokens_per_param=d_shape / n_shape)
     lr_fit = fits.get("lr") or {}
     if "x" in lr_fit:
-        out["lr"] = fits_lib.lr_at(lr_fit, shape["params"])
+        out["lr"] = fits_lib.lr_at(lr_fit, n_shape)
     if "alpha" in chin:
-        out["loss"] = float(fits_lib.chinchilla_predict(chin, shape["params"], d_shape))
+        out["loss"] = float(fits_lib.chinchilla_predict(chin, n_shape, d_shape))
         out["loss_from"] = "chinchilla L(N, D) at the shape's N and D = C / (6N)"
     elif "alpha" in (fits.get("frontier") or {}):
         fr = fits["frontier"]
@@ -93,8 +105,11 @@ def format_plan(p: dict) -> str:
         f"vocab {s['vocab_size']}, context {s['block_size']})",
         f"  at that size C buys D = {p['D_shape']:.4g} tokens ({p['tokens_per_param']:.1f} per parameter)",
     ]
+    if p.get("params") == "non_embedding":
+        lines.append("  (N counted as the fits were: non-embedding parameters)")
     if "lr" in p:
-        lines.append(f"predicted learning rate: {p['lr']:.3g} (the lr fit lr_opt = k N^-x at the shape's N)")
+        lines.append(f"predicted learning rate: {p['lr']:.3g} (the lr fit lr_opt = k N^-x at the shape's "
+                     f"N = {p.get('N_shape', s['params']):,})")
     if "loss" in p:
         lines.append(f"predicted loss: {p['loss']:.4f} ({p['loss_from']})")
     else:
