@@ -56,10 +56,12 @@ def open_branch(config, data: dict, workdir: str = "."):
     import hashlib
 
     t = config.train
-    parent_dir = os.path.expanduser(t.branch_from)
-    if os.sep not in parent_dir:  # a bare run name: a sibling of this workdir (a sweep's parent run)
-        parent_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), parent_dir)
-    parent_dir = os.path.abspath(parent_dir)
+    parent_dir = t.branch_from
+    if "://" not in parent_dir:  # a local path (a gs:// one is used as it is: the TPU launcher writes those)
+        parent_dir = os.path.expanduser(parent_dir)
+        if os.sep not in parent_dir:  # a bare run name: a sibling of this workdir (a sweep's parent run)
+            parent_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), parent_dir)
+        parent_dir = os.path.abspath(parent_dir)
     try:
         parent = ckpt_lib.Checkpointer(None, read_only=True, directory=ckpt_lib.checkpoint_dir(parent_dir))
     except Exception as e:
