@@ -38,10 +38,12 @@ def define_flags(fv) -> None:
     flags.DEFINE_boolean("frontier_e0", True, "frontier with E = 0 (Kaplan's L = (C_c/C)^alpha).", flag_values=fv)
     flags.DEFINE_float("frontier_skip", 0.1, "Fraction of each run's steps left out of the frontier.", flag_values=fv)
     flags.DEFINE_boolean("plots", True, "Draw the PNG plots.", flag_values=fv)
-    flags.DEFINE_enum("params", "total", list(PARAMS), "N in the fits: all parameters (Hoffmann et al.) or the "
-                      "non-embedding ones (Kaplan et al.).", flag_values=fv)
-    flags.DEFINE_enum("flops", "6nd", list(FLOPS), "C in the IsoFLOP and frontier fits: 6 N D, or the FLOPs "
-                      "with attention (flops_per_token x tokens).", flag_values=fv)
+    flags.DEFINE_enum("params", None, list(PARAMS), "N in every fit: all parameters (Hoffmann et al.) or the "
+                      "non-embedding ones (Kaplan et al.). Unset: each law as its paper counted it (chinchilla "
+                      "and isoflop: total; power_law_n: non-embedding).", flag_values=fv)
+    flags.DEFINE_enum("flops", None, list(FLOPS), "C in every fit: 6 N D, or the FLOPs with attention "
+                      "(flops_per_token x tokens). Unset: isoflop on 6 N D, the frontier with attention.",
+                      flag_values=fv)
     flags.DEFINE_enum("metric", "loss", list(METRICS), "What the fits fit: val loss (nats/token) or bits per "
                       "byte (val_bpb; compares vocabularies).", flag_values=fv)
 

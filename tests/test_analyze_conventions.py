@@ -29,11 +29,11 @@ def test_conventions_change_what_is_fitted():
     bpb = analysis.run_fits(_runs(), n_boot=0, metric="bpb")
     att = analysis.run_fits(_runs(), n_boot=0, flops="attention")
     # fits.json always says what N, C and the metric were, the defaults too.
-    assert base["convention"] == {"params": "total", "flops": "6nd", "metric": "loss"}
-    assert ne["convention"] == {"params": "non_embedding", "flops": "6nd", "metric": "loss"}
+    assert base["convention"] == {"params": "per_law", "flops": "per_law", "metric": "loss"}
+    assert ne["convention"] == {"params": "non_embedding", "flops": "per_law", "metric": "loss"}
     assert att["convention"]["flops"] == "attention" and bpb["convention"]["metric"] == "bpb"
     empty = analysis.run_fits([{**_runs()[0], "status": "running"}], n_boot=0)
-    assert empty["convention"] == {"params": "total", "flops": "6nd", "metric": "loss"}
+    assert empty["convention"] == {"params": "per_law", "flops": "per_law", "metric": "loss"}
     # N: all parameters by default, the non-embedding ones with --params=non_embedding.
     assert base["isoflop"]["per_budget"][0]["params"][0] == 7e4
     assert ne["isoflop"]["per_budget"][0]["params"][0] == 5e4
@@ -48,6 +48,33 @@ def test_conventions_change_what_is_fitted():
     assert ne["isoflop"]["a"] != pytest.approx(base["isoflop"]["a"], abs=1e-3)
     with pytest.raises(AnalysisError, match="unknown convention"):
         analysis.run_fits(_runs(), n_boot=0, params="embedding")
+
+
+def _ladder():
+    """A Kaplan-style ladder at one token budget: L = (N_c / N_ne)^0.076 with an embedding of 2e4 per run, and
+    FLOPs with attention 10% above 6 N D."""
+    runs = []
+    for i, n in enumerate((1e4, 3e4, 1e5, 3e5, 1e6)):
+        d = 3e5
+        runs.append({"name": f"L{i}", "status": "finished", "fields": {}, "curve": None, "val_curve": None,
+                     "params": n + 2e4, "params_non_embedding": n, "tokens": d, "budget_flops": None,
+                     "loss": (8.8e13 / n) ** 0.076, "flops": 6 * (n + 2e4) * d * 1.1})
+    return runs
+
+
+def test_power_law_and_frontier_follow_an_explicit_convention():
+    per_law = analysis.run_fits(_ladder(), n_boot=0, power_law_e0=True)
+    total = analysis.run_fits(_ladder(), n_boot=0, power_law_e0=True, params="total")
+    six = analysis.run_fits(_ladder(), n_boot=0, power_law_e0=True, flops="6nd")
+    # Unset: Kaplan's N (non-embedding) recovers the law; --params=total fits all parameters.
+    assert per_law["power_law_n"]["N"] == "params_non_embedding"
+    assert per_law["power_law_n"]["alpha"] == pytest.approx(0.076, rel=1e-3)
+    assert total["power_law_n"]["N"] == "params"
+    assert total["power_law_n"]["alpha"] != pytest.approx(0.076, rel=0.05)  # all parameters: another exponent
+    # The frontier: FLOPs with attention unless --flops=6nd.
+    assert per_law["frontier"]["C"].startswith("tokens x flops_per_token")
+    assert six["frontier"]["C"] == "6 x params x tokens"
+    assert six["frontier"]["C_c"] != pytest.approx(per_law["frontier"]["C_c"], rel=1e-3)
 
 
 def test_branch_and_bpb_columns(tmp_path):
@@ -69,7 +96,7 @@ def test_branch_and_bpb_columns(tmp_path):
 def test_fits_json_records_the_default_convention(tmp_path):
     analysis.analyze(_runs(), str(tmp_path), {"test": True}, n_boot=0, plots=False)
     saved = json.loads((tmp_path / "fits.json").read_text())
-    assert saved["convention"] == {"params": "total", "flops": "6nd", "metric": "loss"}
+    assert saved["convention"] == {"params": "per_law", "flops": "per_law", "metric": "loss"}
 
 
 def test_planner_counts_n_as_the_fits_did():

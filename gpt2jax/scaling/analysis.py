@@ -58,13 +58,20 @@ def convention_view(runs: list[dict], params: str = "total", flops: str = "6nd",
 
 def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_tokens: str = "fixed",
              power_law_e0: bool = False, frontier_e0: bool = True, frontier_skip: float = 0.1,
-             progress=None, params: str = "total", flops: str = "6nd", metric: str = "loss") -> dict:
+             progress=None, params: str | None = None, flops: str | None = None, metric: str = "loss") -> dict:
+    """The fits. `params` / `flops` None (recorded as 'per_law'): each law counted as its paper did --
+    chinchilla and isoflop on all parameters with C = 6 N D (Hoffmann et al.), power_law_n on the
+    non-embedding parameters and the frontier on the FLOPs with attention (Kaplan et al.). A value
+    ('total' | 'non_embedding', '6nd' | 'attention') counts every fit that way."""
     from threadpoolctl import threadpool_limits
 
-    convention = {"params": params, "flops": flops, "metric": metric}
-    if convention != {"params": "total", "flops": "6nd", "metric": "loss"}:
+    convention = {"params": params or "per_law", "flops": flops or "per_law", "metric": metric}
+    if (params, flops) != (None, None) and (params not in (None, *PARAMS) or flops not in (None, *FLOPS)):
+        raise AnalysisError(f"unknown convention params={params!r} flops={flops!r} "
+                            f"(params: {PARAMS}, flops: {FLOPS}, or None: each law's own)")
+    if (params or "total", flops or "6nd", metric) != ("total", "6nd", "loss"):
         kept = {id(r) for r in runs if r["status"] != "finished"}
-        view = convention_view(runs, params, flops, metric)
+        view = convention_view(runs, params or "total", flops or "6nd", metric)
         left = [r["name"] for r in runs if r["status"] == "finished" and r["name"] not in {v["name"] for v in view}]
         runs = [r for r in runs if id(r) in kept] + view
         for r in runs:
@@ -102,9 +109,9 @@ def run_fits(runs: list[dict], n_boot: int = 200, seed: int = 0, power_law_token
             budgets=sorted({float(b) for b in budgets[np.isfinite(budgets)]}),
             progress=prog("chinchilla L-BFGS"))
         out["power_law_n"] = _fit_power_law_n(done, power_law_tokens, power_law_e0, n_boot, seed,
-                                              prog("bootstrap power_law_n"))
+                                              prog("bootstrap power_law_n"), all_params=(params == "total"))
         out["frontier"] = _fit_frontier(done, frontier_e0, frontier_skip, n_boot, seed,
-                                        prog("bootstrap frontier"))
+                                        prog("bootstrap frontier"), six_nd=(flops == "6nd"))
         out["isoflop"] = fits_lib.fit_isoflop(budgets, n, loss, n_boot=n_boot, seed=seed,
                                               progress=prog("bootstrap isoflop"))
         out["lr"] = _fit_lr(done, n, loss, n_boot, seed, prog("bootstrap lr"))
@@ -120,9 +127,11 @@ def _fit_lr(done, n, loss, n_boot, seed, progress):
     return fits_lib.fit_lr(n, lrs, loss, n_boot=n_boot, seed=seed, progress=progress)
 
 
-def _fit_power_law_n(done, tokens_mode, e0, n_boot, seed, progress):
-    have_ne = all(r.get("params_non_embedding") for r in done)
-    col = "params_non_embedding" if have_ne else "params"
+def _fit_power_law_n(done, tokens_mode, e0, n_boot, seed, progress, all_params: bool = False):
+    """Kaplan's L(N) at one token budget, on the non-embedding parameters (Kaplan et al.'s N), or on all
+    of them with `all_params` (--params=total)."""
+    have_ne = all_params or all(r.get("params_non_embedding") for r in done)
+    col = "params" if all_params else "params_non_embedding" if have_ne else "params"
     x = np.array([r[col] for r in done])
     loss = np.array([r["loss"] for r in done])
     tok = np.array([r["tokens"] for r in done])
@@ -159,11 +168,23 @@ def _fit_power_law_n(done, tokens_mode, e0, n_boot, seed, progress):
     return res
 
 
-def run_curves(done, skip: float = 0.1):
+def run_curves(done, skip: float = 0.1, six_nd: bool = False):
     """Per run (compute, loss): the training-loss curve past the first `skip` of its steps, or the
-    final (flops, loss) point where no curve was logged (a --csv table)."""
+    final (flops, loss) point where no curve was logged (a --csv table). Compute is the FLOPs with
+    attention where run.json has them, or with `six_nd` 6 N D (N: the run's `params`)."""
     curves = []
     for r in done:
+        if six_nd:
+            c6 = 6.0 * r["params"] * r["tokens"]
+            scale = c6 / r["flops"] if r.get("flops") else 1.0
+            if r.get("curve") is not None:
+                c, l, frac = r["curve"]
+                keep = (frac >= skip) & np.isfinite(l) & (c > 0)
+                if keep.sum() >= 2 and r.get("flops"):
+                    curves.append((c[keep] * scale, l[keep]))
+                    continue
+            curves.append((np.array([c6]), np.array([r["loss"]])))
+            continue
         if r.get("curve") is not None:
             c, l, frac = r["curve"]
             keep = (frac >= skip) & np.isfinite(l) & (c > 0)
@@ -175,13 +196,13 @@ def run_curves(done, skip: float = 0.1):
     return curves
 
 
-def _fit_frontier(done, e0, skip, n_boot, seed, progress):
-    curves = run_curves(done, skip)
+def _fit_frontier(done, e0, skip, n_boot, seed, progress, six_nd: bool = False):
+    curves = run_curves(done, skip, six_nd)
     res = fits_lib.fit_frontier(curves, fixed_e0=e0, n_boot=n_boot, seed=seed, progress=progress)
     if "skipped" not in res:
         kinds = {len(c[0]) > 1 for c in curves}
-        res["C"] = ("tokens x flops_per_token (run.json)" if all(r.get("flops") for r in done)
-                    else "6 x params x tokens")
+        res["C"] = ("6 x params x tokens" if six_nd or not all(r.get("flops") for r in done)
+                    else "tokens x flops_per_token (run.json)")
         res["curves"] = ("training loss (metrics.jsonl), first "
                          f"{skip:.0%} of each run's steps left out" if kinds == {True}
                          else "final loss of each run" if kinds == {False}
@@ -236,7 +257,7 @@ def summarize(fits: dict) -> str:
     if "skipped" in f:
         lines.append(f"frontier: skipped: {f['skipped']}")
     else:
-        lines.append(f"frontier: {f['law']}: alpha_C = {f['alpha']:.4g} {ci(f, 'alpha')}, "
+        lines.append(f"frontier: {f['law']} on C = {f['C']}: alpha_C = {f['alpha']:.4g} {ci(f, 'alpha')}, "
                      f"C_c = {f['C_c']:.4g}, E = {f['E']:.4g}" + boot(f))
     i = fits["isoflop"]
     if "a" in i:
@@ -250,7 +271,7 @@ def summarize(fits: dict) -> str:
 def analyze(runs: list[dict], out_dir: str, source: dict, n_boot: int = 200, seed: int = 0,
             plots: bool = True, **fit_kw) -> dict:
     """Fit, write fits.json (with the convention of `fit_kw`'s params / flops / metric under "convention",
-    the defaults total / 6nd / loss included) and draw the plots."""
+    'per_law' where params / flops are unset) and draw the plots."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)

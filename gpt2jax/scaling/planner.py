@@ -53,9 +53,10 @@ def nearest_shape(n_target: float, basis: dict | None = None, head_dim: int = 64
 
 
 def fit_params(fits: dict) -> str:
-    """The N the fits were made with: 'total' or 'non_embedding' (fits.json's convention; 'total' for a
-    fits.json written before it was recorded)."""
-    return ((fits.get("convention") or {}).get("params")) or "total"
+    """The N the chinchilla fit was made with: 'total' or 'non_embedding' (fits.json's convention; 'total'
+    for 'per_law', Hoffmann et al.'s count, and for a fits.json written before it was recorded)."""
+    v = (fits.get("convention") or {}).get("params")
+    return "non_embedding" if v == "non_embedding" else "total"
 
 
 def plan(fits: dict, c: float) -> dict:
