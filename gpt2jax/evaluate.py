@@ -9,7 +9,8 @@
 Writes JSON {task: {metric: value, <metric>_stderr: ..., "n": examples}} (rewritten atomically after
 each task) and prints a markdown table of our numbers beside the GPT-2 paper's (all four sizes) and
 lm-evaluation-harness's published values for OpenAI's checkpoints (gpt2jax/eval/reference.py).
-Task files and conventions: docs/evaluation.md and gpt2jax/eval/tasks.py. The tasks' text is encoded
+Task files and conventions: docs/evaluation.md and gpt2jax/eval/ (tasks.py: the registry; loaders.py: the
+conventions). The tasks' text is encoded
 with the run's own tokenizer (run.json's record: GPT-2's BPE, bytes or a trained BPE; GPT-2's with --hf).
 With --lm_eval_tasks,
 lm-evaluation-harness tasks run through gpt2jax/eval/lm_eval_adapter.py and lm-eval's `results` go

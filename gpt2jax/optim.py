@@ -1,6 +1,6 @@
 """The optimizer: AdamW with decoupled weight decay on matrices and embeddings only, linear warmup then
 cosine decay to min_lr (or warmup-stable-decay, or constant: `schedule`), and global-norm gradient clipping. Gradient accumulation happens inside the train
-step (gpt2jax/train.py), so one optimizer update always sees the whole global batch.
+step (gpt2jax/training/trainer.py), so one optimizer update always sees the whole global batch.
 
 Which parameters decay, and (under muP) each parameter's learning-rate multiplier, come from the model's
 parameter declarations (gpt2jax/model.py `ParamSpec.decay` / `ParamSpec.lr_scale`)."""
