@@ -306,3 +306,7 @@ def sweep() -> None:
 
 def analyze() -> None:
     _tool("analyze")
+
+
+def detect() -> None:
+    _tool("detect")

@@ -95,3 +95,8 @@ class SweepError(UserError, ValueError):
 
 class AnalysisError(UserError):
     """Runs or tables that cannot be analysed (a path, a file's contents). The message names the file."""
+
+
+class DetectionError(UserError, ValueError):
+    """A text that cannot be scored (empty, one token, a bad field) or two models that cannot score it
+    together (different tokenizers). The message names the text (file and line) or the models."""
