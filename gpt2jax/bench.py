@@ -367,7 +367,10 @@ def format_report(r: dict) -> str:
 
 
 def main(argv, fv):
-    del argv
+    if len(argv) > 1:
+        from absl import app
+
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     r = run(fv.config, steps=fv.steps, warmup=fv.warmup, compare=fv.compare, matmul_runs=fv.matmul_runs,
             eval_batch=fv.eval_batch, progress=not fv.json)
     print(format_report(r), flush=True)
@@ -388,7 +391,8 @@ def define_flags(fv) -> None:
     flags.DEFINE_bool("json", False, "Print the results as one JSON line, the last line of stdout.", flag_values=fv)
     flags.DEFINE_integer("matmul_runs", 10, "CPU only: runs of the 2048^3 matmul (the best is the peak).",
                          lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("eval_batch", 0, "Scorer rows per batch (0 = train.batch_size).", flag_values=fv)
+    flags.DEFINE_integer("eval_batch", 0, "Scorer rows per batch (0 = train.batch_size).", lower_bound=0,
+                         flag_values=fv)
     flags.mark_flags_as_required(["config"], flag_values=fv)
 
 

@@ -306,9 +306,22 @@ def check_compatible(path, model_config, step: int | None = None) -> None:
     not fit `model_config` -- from its meta alone, without compiling or reading arrays."""
     from gpt2jax.model import abstract_params
 
+    with _reader(path) as ck:
+        step = ck._step(step)
+        check_shapes(ck.read_meta(step), abstract_params(model_config), where=str(ck.directory / str(step)))
+
+
+@contextlib.contextmanager
+def _reader(path):
+    """A read-only Checkpointer of `path` (checkpoint_dir's rules), closed however the reading ends."""
     ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
-    step = ck._step(step)
-    check_shapes(ck.read_meta(step), abstract_params(model_config), where=str(ck.directory / str(step)))
+    try:
+        yield ck
+    finally:
+        try:
+            ck.manager.close()
+        except Exception:
+            pass
 
 
 def make_meta(step: int, config, params, **extra) -> dict:
@@ -324,23 +337,28 @@ def save_params(workdir, config, params, step: int = 0) -> epath.Path:
     """Write a params-only checkpoint (e.g. converted weights) that `load_params`, `train.init_from`,
     `sample` and `evaluate` accept."""
     ck = Checkpointer(workdir, keep=1, async_save=False)
-    ck.save(step, params, None, make_meta(step, config, params), force=True)
+    try:
+        ck.save(step, params, None, make_meta(step, config, params), force=True)
+    except BaseException:
+        try:
+            ck.manager.close()
+        except Exception:
+            pass
+        raise
     ck.close()
     return ck.directory
 
 
 def load_config(path, step: int | None = None):
     """The config stored with a checkpoint."""
-    ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
-    return config_lib.from_dict(ck.pinned(step, ck.read_meta)["config"])
+    with _reader(path) as ck:
+        return config_lib.from_dict(ck.pinned(step, ck.read_meta)["config"])
 
 
 def load_params(path, step: int | None = None, shardings=None, model_config=None):
     """(config, params) from a workdir or checkpoints directory; the latest step by default.
     `shardings` (a tree like the params) places the arrays; default: the first device."""
     from gpt2jax.model import abstract_params  # local import: model never depends on this module
-
-    ck = Checkpointer(None, read_only=True, directory=checkpoint_dir(path))
 
     def read(step):
         config = config_lib.from_dict(ck.read_meta(step)["config"])
@@ -350,4 +368,5 @@ def load_params(path, step: int | None = None, shardings=None, model_config=None
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, placed)
         return config, ck.restore(step, abstract)[0]
 
-    return ck.pinned(step, read)
+    with _reader(path) as ck:
+        return ck.pinned(step, read)

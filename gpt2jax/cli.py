@@ -108,6 +108,8 @@ def _check_config_file(fv, name: str) -> None:
         value.keys()
     except Exception as e:  # the library's stand-in for a config that failed to load
         path = config_flags.get_config_filename(fv[name])
+        if os.path.isdir(path):
+            raise FlagsError(f"--{name}={path} is a directory, not a config file") from e
         if not os.path.isfile(path):
             raise FlagsError(f"--{name}={path}: no such config file") from e
         raise FlagsError(f"--{name}={path}: cannot load it ({_one_line(e)})") from e
@@ -145,6 +147,9 @@ def _explain_config_failure(name: str, argv, error: Exception) -> str:
     path = _flag_arg(name, argv)
     if path is None:
         return f"--{name}: {type(error).__name__}: {_one_line(error)}"
+    if os.path.isdir(path.split(":", 1)[0]):
+        return f"--{name}={path} is a directory, not a config file (a path to a .py file, or one of " \
+               f"{', '.join(configs.names())})"
     if not os.path.isfile(path.split(":", 1)[0]):
         return f"--{name}={path}: no such config file (a path, or one of {', '.join(configs.names())})"
     alone = flags.FlagValues()  # the file without the overrides: does it load?

@@ -38,6 +38,7 @@ from safetensors.numpy import save_file
 
 from gpt2jax import config as config_lib
 from gpt2jax.errors import ConversionError
+from gpt2jax.fileio import check_output_dir, follow_umask, make_output_dir, remove_empty_dirs
 from gpt2jax.model import ModelConfig, count_params, param_shapes
 from gpt2jax.tokenizer import EOT, EOT_TEXT
 
@@ -122,13 +123,24 @@ def config_from_hf(hf: dict):
 
 
 def _read_safetensors(file: Path) -> dict:
-    with safe_open(str(file), framework="numpy") as f:
-        keys = list(f.keys())
-        if all(f.get_slice(k).get_dtype() != "BF16" for k in keys):
-            return {k: f.get_tensor(k) for k in keys}
-    # numpy has no bfloat16: read such files through jax, on the host
-    with jax.default_device(jax.devices("cpu")[0]), safe_open(str(file), framework="flax") as f:
-        return {k: np.asarray(f.get_tensor(k), np.float32) for k in keys}
+    """Every tensor of one safetensors file; a file that is missing, truncated or not safetensors at all
+    is a ConversionError naming it (the library's own error says neither which file nor what to do)."""
+    if not file.is_file():
+        raise ConversionError(f"{file}: no such file (named by model.safetensors.index.json)")
+    try:
+        with safe_open(str(file), framework="numpy") as f:
+            keys = list(f.keys())
+            if all(f.get_slice(k).get_dtype() != "BF16" for k in keys):
+                return {k: f.get_tensor(k) for k in keys}
+        # numpy has no bfloat16: read such files through jax, on the host
+        with jax.default_device(jax.devices("cpu")[0]), safe_open(str(file), framework="flax") as f:
+            return {k: np.asarray(f.get_tensor(k), np.float32) for k in keys}
+    except ConversionError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError (truncated header or data), OSError, ...
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ConversionError(f"{file}: cannot read it as safetensors ({detail}): the file is truncated or "
+                              f"not a safetensors file; download or export it again") from None
 
 
 def read_state_dict(path) -> dict:
@@ -136,7 +148,11 @@ def read_state_dict(path) -> dict:
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConversionError(f"{index}: not a safetensors index (expected JSON with a \"weight_map\" "
+                                  f"object of tensor -> file; {type(e).__name__}: {e})") from None
     elif (path / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
@@ -245,12 +261,30 @@ def _has(tree, path) -> bool:
 
 def from_hf(path):
     """(config, params) from an HF GPT-2 directory: config.json + safetensors weights."""
+    config = hf_dir_config(path)
+    return config, params_from_state_dict(read_state_dict(Path(path)), config.model)
+
+
+def hf_dir_config(path):
+    """The validated gpt2jax config of an HF GPT-2 directory, from its config.json alone (no weights read):
+    a ConversionError when the directory or its config.json is missing or unusable."""
     path = Path(path)
     cfg_file = path / "config.json"
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist (a Hugging Face GPT-2 directory: config.json and "
+                              "model.safetensors)")
+    if not path.is_dir():
+        raise ConversionError(f"{path} is a file, not a Hugging Face GPT-2 directory (config.json and "
+                              "model.safetensors)")
     if not cfg_file.exists():
         raise ConversionError(f"{path}: no config.json")
-    config = config_from_hf(json.loads(cfg_file.read_text()))
-    return config, params_from_state_dict(read_state_dict(path), config.model)
+    try:
+        hf = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise ConversionError(f"{cfg_file}: expected a JSON object, got {type(hf).__name__}")
+    return config_from_hf(hf)
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -373,6 +407,7 @@ def to_hf(config, params, path, *, tokenizer=None) -> Path:
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_tokenizer_files(tmp, m.block_size)
+        follow_umask(tmp)  # mkdtemp's 700 and safetensors' 600 would lock a shared cluster's teammates out
         if path.exists():
             path.rmdir()
         os.replace(tmp, path)
@@ -402,23 +437,39 @@ def _describe(config, params) -> str:
 
 
 def main(argv, fv):
+    from absl import logging
+
     from gpt2jax import checkpoint
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save and per-restore INFO lines off the console
     if not fv.workdir or bool(fv.from_hf) == bool(fv.to_hf):
         raise app.UsageError("give --workdir and exactly one of --from_hf=DIR or --to_hf=OUT")
     if fv.from_hf:
         from gpt2jax.lock import WorkdirLock
 
+        hf_dir_config(fv.from_hf)  # what it reads: the directory and its config.json, first
+        # Where it writes, checked before the weights are read: a directory one can write in, holding no run.
+        existing = checkpoint._path(fv.workdir) / "checkpoints"
+        check_output_dir(fv.workdir, f"--workdir={fv.workdir}")
+        check_output_dir(existing, f"{existing} (the run's checkpoints directory)")
+        if existing.exists() and any(existing.iterdir()):
+            raise app.UsageError(f"{existing} already holds checkpoints; give a fresh --workdir")
         config, params = from_hf(fv.from_hf)
-        with WorkdirLock([fv.workdir]):  # it writes checkpoints: one writer at a time
-            existing = checkpoint._path(fv.workdir) / "checkpoints"
-            if existing.exists() and any(existing.iterdir()):
-                raise app.UsageError(f"{existing} already holds checkpoints; give a fresh --workdir")
-            where = checkpoint.save_params(fv.workdir, config, params, step=0)
+        created = make_output_dir(fv.workdir, f"--workdir={fv.workdir}")
+        try:
+            with WorkdirLock([fv.workdir]):  # it writes checkpoints: one writer at a time
+                if existing.exists() and any(existing.iterdir()):
+                    raise app.UsageError(f"{existing} already holds checkpoints; give a fresh --workdir")
+                where = checkpoint.save_params(fv.workdir, config, params, step=0)
+        except BaseException:
+            remove_empty_dirs(created)  # a failed import leaves no new, empty workdir
+            raise
         print(f"imported {fv.from_hf}: {_describe(config, params)}\nwrote {where}/0")
     else:
+        # Where it writes, checked before anything is read: absent, or an empty directory one can write in.
+        check_output_dir(fv.to_hf, f"--to_hf={fv.to_hf}", empty=True)
         from gpt2jax.tokenizer import checkpoint_record
 
         step = fv.step

@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from gpt2jax.fileio import write_json_atomic  # noqa: F401  (also this module's name for it)
+from gpt2jax.fileio import check_output_file, write_json_atomic  # noqa: F401  (also this module's name for it)
 
 
 def define_flags(fv) -> None:
@@ -38,9 +38,14 @@ def define_flags(fv) -> None:
     flags.DEFINE_string("tasks", "lambada,hellaswag", "Comma-separated task names, or 'all'.", flag_values=fv)
     flags.DEFINE_string("tasks_dir", "tasks", "Directory holding the task files (docs/evaluation.md).", flag_values=fv)
     flags.DEFINE_string("out", "results.json", "Where to write the results JSON.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 16, "Sequences per scoring batch (rounded up to the device count).", flag_values=fv)
-    flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).", flag_values=fv)
-    flags.DEFINE_string("dtype", "", "Override the compute dtype (float32 matches lm-eval's fp32 runs).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 16, "Sequences per scoring batch (rounded up to the device count).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("limit", 0, "Score only the first N examples of each task (0 = all).", lower_bound=0,
+                         flag_values=fv)
+    from gpt2jax.model_config import DTYPES
+
+    flags.DEFINE_enum("dtype", "", ["", *DTYPES], "Override the compute dtype (float32 matches lm-eval's fp32 "
+                      "runs).", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
     from gpt2jax.eval import lm_eval_adapter  # --lm_eval_* and --mesh (lm-eval is imported only when used)
 
@@ -127,10 +132,15 @@ def main(argv, fv):
     from gpt2jax.eval.scoring import Scorer
 
     names = lm_eval_adapter.builtin_task_names(F)  # --tasks, default none with --lm_eval_tasks
+    if not names and not F.lm_eval_tasks:
+        raise app.UsageError(f"--tasks={F.tasks!r} names no task: give task names ({', '.join(T.TASKS)}) or "
+                             "'all', or --lm_eval_tasks")
     unknown = [n for n in names if n not in T.TASKS]
     if unknown:
         raise T.TaskError(f"--tasks: unknown task(s) {', '.join(map(repr, unknown))}; known tasks: "
                           f"{', '.join(T.TASKS)} (or 'all')")
+    # --out is written after each task: checked now, before any task is loaded or scored
+    check_output_file(F.out, f"--out={F.out}")
     lm_eval_tasks = lm_eval_adapter.cli_tasks(F)  # (task manager, tasks, names): data loaded up front
     missing = []
     for name in names:  # all missing files at once, before any model is loaded

@@ -216,7 +216,10 @@ def define_flags(fv) -> None:
 
 
 def main(argv, fv):
-    del argv
+    if len(argv) > 1:
+        from absl import app
+
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if fv.devices:
         # Before the first use of jax devices: N simulated host devices, CPU only.
         os.environ["XLA_FLAGS"] = (

@@ -27,7 +27,7 @@ def define_flags(fv) -> None:
     flags.DEFINE_enum("split", "documents", ["documents", "tail"],
                       "documents: every (1/val_fraction)-th document goes to val; tail: the last "
                       "val_fraction of the tokens (nanoGPT's convention).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 2, "Tokenizer threads.", flag_values=fv)
+    flags.DEFINE_integer("num_workers", 2, "Tokenizer threads.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default $TFDS_DATA_DIR).", flag_values=fv)
     flags.DEFINE_string("hf_config", None, "Config (subset) of an hf: source, e.g. sample-10BT for FineWeb-Edu.",
                         flag_values=fv)
@@ -42,7 +42,12 @@ def define_flags(fv) -> None:
 
 
 def main(argv, fv):
-    del argv
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not fv.out_dir:
+        raise app.UsageError("--out_dir is empty: give the directory for train.bin, val.bin and meta.json")
     from gpt2jax.data.prepare import prepare
 
     t0 = time.time()

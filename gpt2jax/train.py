@@ -30,6 +30,7 @@ import signal
 import jax
 
 from gpt2jax import config as config_lib
+from gpt2jax.fileio import check_output_dir, make_output_dir, remove_empty_dirs
 from gpt2jax.lock import WorkdirLock
 from gpt2jax.training.hooks import Hook, default_hooks, profile
 from gpt2jax.training.loop import Loop, StopFlag, closing_on_error, setup_compile_cache
@@ -49,26 +50,62 @@ def train(config, workdir: str, *, progress: bool = True, hooks=()) -> dict:
     One writer per workdir: the run holds gpt2jax.lock's lock on it (and on checkpoint.dir)."""
     resolve_vocab(config)
     config_lib.validate(config)  # once: Loop and its Trainer take the config as validated
+    is_main = jax.process_index() == 0
+    # Every output location is checked (and made) before anything else; a start that fails before its
+    # first step takes away again the directories it made (nothing new is left behind).
+    created = make_output_dirs(config, workdir) if is_main else []
     dirs = [os.path.expanduser(workdir), config.checkpoint.dir or os.path.expanduser(workdir)]
-    with WorkdirLock(dirs, enabled=jax.process_index() == 0):
-        loop = Loop(config, workdir, progress)
+    loop = None
+    try:
+        with WorkdirLock(dirs, enabled=is_main):
+            loop = Loop(config, workdir, progress)
+            return _run(loop, hooks)
+    except BaseException:
+        if loop is None:
+            remove_empty_dirs(created)
+        raise
+
+
+def make_output_dirs(config, workdir: str) -> list[str]:
+    """Make the run's directories (the workdir, and checkpoint.dir or WORKDIR/checkpoints), checking that
+    each is a directory that can be written in: a UserError naming the flag or field otherwise. Returns
+    those created (gpt2jax.fileio.make_output_dir)."""
+    ck = config.checkpoint.dir
+    if ck:
+        check_output_dir(ck, f"config.checkpoint.dir={ck}")  # before the workdir is made
+    created = make_output_dir(workdir, f"--workdir={workdir}")
+    try:
+        if ck:
+            created += make_output_dir(ck, f"config.checkpoint.dir={ck}")
+        else:
+            ck = os.path.join(os.path.expanduser(workdir), "checkpoints")
+            created += make_output_dir(ck, f"{ck} (the run's checkpoints directory)")
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    return created
+
+
+def _run(loop, hooks) -> dict:
+    """The loop of a started run: a step, then its hooks, until the end or a stop."""
+    config = loop.config
+    # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
+    # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
+    signals = () if loop.multi_process else (signal.SIGTERM, signal.SIGINT)
+    with StopFlag(signals) as loop.stop, closing_on_error(loop.ckpt, loop.writer, loop.bar):
         all_hooks = default_hooks(config) + list(hooks)
         if config.train.profile_start == loop.step:
             profile(loop)
-        # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
-        # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
-        signals = () if loop.multi_process else (signal.SIGTERM, signal.SIGINT)
-        with StopFlag(signals) as loop.stop, closing_on_error(loop.ckpt, loop.writer, loop.bar):
-            while loop.step < loop.total and not loop.stop_after_reached():
-                loop.train_step()  # one compiled update; its finiteness is read at log and save points
-                loop.run_hooks(all_hooks)  # in order: log (checks finiteness), val, tasks, checkpoint, profile
-                if loop.stop_requested(loop.stop):  # SIGTERM / Ctrl-C / a preemption sync point
-                    break
-            loop.finish()  # the last save (after its finiteness check), waited for
-        loop.writer.close()
-        if loop.bar is not None:
-            loop.bar.close()
-        return loop.summary()
+        while loop.step < loop.total and not loop.stop_after_reached():
+            loop.train_step()  # one compiled update; its finiteness is read at log and save points
+            loop.run_hooks(all_hooks)  # in order: log (checks finiteness), val, tasks, checkpoint, profile
+            if loop.stop_requested(loop.stop):  # SIGTERM / Ctrl-C / a preemption sync point
+                break
+        loop.finish()  # the last save (after its finiteness check), waited for
+    loop.writer.close()
+    if loop.bar is not None:
+        loop.bar.close()
+    return loop.summary()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +114,8 @@ def main(argv, fv):
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not fv.workdir:
+        raise app.UsageError("--workdir is empty: give the run's directory")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
     from gpt2jax import distributed
 

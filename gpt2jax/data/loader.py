@@ -48,6 +48,9 @@ class TokenDataset:
             meta_path = data_dir.rstrip("/") + "/meta.json"
             bin_path = data_dir.rstrip("/") + f"/{split}.bin"
             isfile, getsize, open_ = fs.isfile, fs.size, fs.open
+        if self._fs is None and os.path.isfile(data_dir):
+            raise DataNotFoundError(f"{data_dir} is a file, not a directory of prepared data (train.bin, "
+                                    f"val.bin, meta.json, as gpt2jax.prepare writes); give its directory")
         missing = [p for p in (meta_path, bin_path) if not isfile(p)]
         if missing:
             raise DataNotFoundError(

@@ -36,6 +36,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2jax.data.sources import DEFAULT_SOURCE, DataError, iter_documents
-from gpt2jax.fileio import sha256_file, write_json_atomic
+from gpt2jax.fileio import check_output_dir, sha256_file, write_json_atomic
 from gpt2jax import tokenizer as tok_lib
 from gpt2jax.tokenizer import get_tokenizer
 
@@ -247,6 +248,8 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
     if split not in ("documents", "tail"):
         raise DataError(f"split must be 'documents' or 'tail', got {split!r}")
     out_dir = str(out_dir)
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"--out_dir={out_dir} is a file, not a directory")
     options = options_of(source, val_fraction, split, hf_config, max_docs, max_tokens, tokenizer)
     state = existing_dataset(out_dir, options)
     if state == "same":
@@ -255,15 +258,20 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
     if state is not None and not overwrite:
         raise DataError(f"{state}: refusing to replace it (a run may be training on it). Pass "
                         "--overwrite to replace it, or choose another --out_dir")
+    # Before the source is read: the directory (or, with --overwrite, the one beside it) can be written.
+    check_output_dir(out_dir if state is None else os.path.dirname(os.path.abspath(out_dir)),
+                     f"--out_dir={out_dir}")
     if state is None:
         existed = os.path.isdir(out_dir)
         try:
-            return _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress,
+            meta = _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress,
                           split, options)
         except BaseException:
             if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
                 os.rmdir(out_dir)  # a failed first prepare leaves nothing behind
             raise
+        warn_if_small(out_dir, meta)
+        return meta
     # Overwrite: build beside, then swap by renames, then drop the old one.
     parent, name = os.path.split(os.path.abspath(out_dir))
     stamp = f"{os.getpid()}.{int(time.time())}"
@@ -279,7 +287,44 @@ def prepare(source: str = DEFAULT_SOURCE, out_dir: str = "data/shakespeare",
     finally:
         shutil.rmtree(new_dir, ignore_errors=True)
     shutil.rmtree(old_dir, ignore_errors=True)
+    warn_if_small(out_dir, meta)
     return meta
+
+
+# The contexts of the shipped configs: the smallest (configs/tiny.py) and GPT-2's (every other one).
+SMALLEST_CONTEXT, GPT2_CONTEXT = 32, 1024
+
+
+def small_split_warnings(out_dir: str, meta: dict) -> list[str]:
+    """A sentence for each split too small for one training sequence (T + 1 tokens) at GPT-2's context,
+    naming the split, its size and the longest context it can serve; train refuses a split shorter than
+    one sequence of its seq_len, so this says so when the data is made rather than when a run starts.
+    An empty val split (val_fraction=0) is named too: train needs one."""
+    out = []
+    for split in SPLITS:
+        n = int(meta["splits"][split]["tokens"])
+        if split == "val" and not meta.get("val_fraction"):
+            out.append(f"{out_dir}: the val split is empty (val_fraction 0): train refuses data without a "
+                       "val split; give --val_fraction > 0 to train on this corpus")
+            continue
+        if n >= GPT2_CONTEXT + 1:
+            continue
+        total = sum(int(meta["splits"][s]["tokens"]) for s in SPLITS)
+        sizes = f"{n:,} of the {total:,} token{'s' if total != 1 else ''}"
+        if n < SMALLEST_CONTEXT + 1:
+            hint = ("a larger --val_fraction or more data" if split == "val" else "more data")
+            out.append(f"{out_dir}: the {split} split holds {sizes}, too few for one sequence of any shipped "
+                       f"config (the smallest, tiny, needs {SMALLEST_CONTEXT + 1}; GPT-2's context "
+                       f"{GPT2_CONTEXT + 1:,}): train will refuse it. Use {hint}")
+        else:
+            out.append(f"{out_dir}: the {split} split holds {sizes}, fewer than one sequence of GPT-2's "
+                       f"context ({GPT2_CONTEXT + 1:,} tokens): only runs with train.seq_len <= {n - 1} can use it")
+    return out
+
+
+def warn_if_small(out_dir: str, meta: dict) -> None:
+    for line in small_split_warnings(out_dir, meta):
+        print(f"WARNING: {line}", file=sys.stderr, flush=True)
 
 
 def _write(source, out_dir, val_fraction, num_workers, tfds_data_dir, chunk_chars, progress, split,

@@ -28,6 +28,7 @@ Files matched by a glob are read in sorted path order. Errors are raised as
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import json
@@ -157,6 +158,13 @@ def iter_tfds(name: str, split: str = "train", feature: str = "text",
     try:
         ds = tfds.data_source(name, split=split, data_dir=data_dir)
     except Exception as e:  # tfds raises many types; name what we looked for
+        text = str(e)
+        if "Available datasets:" in text:  # an unknown name: tfds's message lists all of them (4 KB)
+            known = re.findall(r"^\s*- (\S+)$", text.split("Available datasets:", 1)[1].split("\n\n", 1)[0], re.M)
+            close = difflib.get_close_matches(name.split("/")[0], known, n=3, cutoff=0.5)
+            hint = f"closest: {', '.join(close)}" if close else "tfds.list_builders() lists them"
+            raise DataNotFoundError(f"tfds has no dataset {name.split('/')[0]!r} ({hint}; "
+                                    f"{len(known)} known)") from None
         raise DataNotFoundError(f"cannot open tfds dataset {name!r} split {split!r} "
                                 f"(data_dir={data_dir}): {e}") from e
     where = f"tfds {name}[{split}]"

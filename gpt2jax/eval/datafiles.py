@@ -79,6 +79,9 @@ ARC_CHALLENGE = DataFile("ARC-V1-Feb2018-2/ARC-Challenge/ARC-Challenge-Test.json
 def require(task: str, tasks_dir, files: Sequence[DataFile]) -> list[Path]:
     """The paths of a task's files, or MissingTaskData naming each missing one and how to get it."""
     root = Path(os.path.expanduser(str(tasks_dir)))
+    if root.is_file():
+        raise MissingTaskData(f"--tasks_dir={root} is a file, not a directory (the directory that holds the "
+                              f"task files, docs/evaluation.md)")
     paths = [root / f.path for f in files]
     missing = [(f, p) for f, p in zip(files, paths) if not p.is_file()]
     if missing:

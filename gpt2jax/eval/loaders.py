@@ -87,14 +87,24 @@ def load_lambada(path: Path) -> list[TargetDoc]:
     """lm-eval lambada_openai / lambada_standard: context = the passage without its last word (split on
     ' '), target = ' ' + last word. The OpenAI file is JSON lines {"text"}; the original release is
     one passage per line (read with str.splitlines, as the HF `lambada` dataset does; empty lines are
-    skipped)."""
+    skipped). A passage that is not an example -- a record whose text is empty or one word (no context),
+    or ends in a space (no target word) -- is a TaskError naming the file and line: neither release
+    holds one, so such a line means a damaged or foreign file, and scoring it would change the metric."""
     if path.suffix == ".jsonl":
-        texts = [d["text"] for d in _jsonl(path)]
+        texts = [(d.where, d["text"]) for d in _jsonl(path)]
     else:
-        texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts = [(f"{path}:{n}", t) for n, t in enumerate(lines, 1) if t.strip()]
     docs = []
-    for t in texts:
+    for where, t in texts:
+        if not isinstance(t, str):
+            raise TaskError(f"{where}: the field 'text' is {type(t).__name__}, not a string")
         words = t.split(" ")
+        if not t.strip() or len(words) < 2 or not words[-1].strip() or not " ".join(words[:-1]).strip():
+            what = ("is empty" if not t.strip() else "has no last word (it ends in a space)"
+                    if not words[-1].strip() else "is a single word (no context)")
+            raise TaskError(f"{where}: the passage {what}: {t[:60]!r}; a LAMBADA example is a passage whose "
+                            "last word is the target and the words before it the context")
         docs.append(TargetDoc(" ".join(words[:-1]), " " + words[-1]))
     return docs
 

@@ -83,6 +83,22 @@ class Loop:
     (train() validates it once)."""
 
     def __init__(self, config, workdir: str, progress: bool):
+        self.ckpt = self.writer = self.bar = None
+        try:
+            self._open(config, workdir, progress)
+        except BaseException:
+            # A start that fails (a changed experiment, a mesh that does not fit, ...) closes what it
+            # opened, last first: Orbax's manager may have background work (its clean-up of unfinished
+            # saves) that would otherwise outlive the interpreter and end the output with a traceback.
+            for o in (self.bar, self.writer, self.ckpt):
+                try:
+                    if o is not None:
+                        o.close()
+                except Exception:
+                    pass
+            raise
+
+    def _open(self, config, workdir: str, progress: bool) -> None:
         wandb_log.check(config)  # train.wandb: a bad mode or a missing package, before anything compiles
         setup_compile_cache(config.train.compile_cache)
         self.config, self.workdir = config, os.path.expanduser(workdir)
