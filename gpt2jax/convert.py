@@ -474,8 +474,8 @@ def main(argv, fv):
 
         step = fv.step
         if step is None:
-            cdir = checkpoint.checkpoint_dir(fv.workdir)
-            step = checkpoint.Checkpointer(None, read_only=True, directory=cdir).latest_step()
+            with checkpoint._reader(fv.workdir) as ck:
+                step = ck.latest_step()
         # before anything is read or written: only a run trained with GPT-2's tokenizer fits the directory
         check_gpt2_tokenizer(checkpoint_record(fv.workdir, step)[0], fv.workdir)
         config, params = checkpoint.load_params(fv.workdir, step=step)
