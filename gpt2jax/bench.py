@@ -159,6 +159,31 @@ class TorchReference:
         return float(loss.detach())
 
 
+VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The host CPU's model name, core count and vector extensions (from /proc/cpuinfo where it exists):
+    machines of one name differ, so every benchmark row says what it ran on."""
+    import os
+    import platform as _platform
+
+    model, found = _platform.processor() or _platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "features"):
+                    found.update(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "vector_extensions": [f for f in VECTOR_FLAGS if f in found]}
+
+
 def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_runs: int = 10,
         eval_batch: int = 0, eval_buckets=None, progress: bool = True) -> dict:
     """Run the benchmark and return its results (see the module docstring)."""
@@ -287,6 +312,7 @@ def run(config, *, steps: int = 10, warmup: int = 2, compare: str = "", matmul_r
 
     res = {
         "device": dev.device_kind,
+        "cpu": host_cpu(),
         "platform": platform,
         "devices": n_dev,
         "shape": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": m.vocab_size,
@@ -340,6 +366,7 @@ def format_report(r: dict) -> str:
     g = lambda x: "n/a" if x is None else f"{x:.3g}"  # noqa: E731
     lines = [
         f"device        {r['devices']} x {r['device']} ({r['platform']})",
+        f"host CPU      {r['cpu']['model']}, {r['cpu']['cores']} cores, {' '.join(r['cpu']['vector_extensions']) or '-'}",
         f"shape         {s['n_layer']} layers x {s['n_embd']} ({s['n_head']} heads), batch {s['batch']} x "
         f"{s['seq_len']}, {s['dtype']}, scan={s['scan_layers']}, remat={s['remat']}",
         f"step time     median {st['median'] * 1e3:.1f} ms (min {st['min'] * 1e3:.1f}, max {st['max'] * 1e3:.1f}, "

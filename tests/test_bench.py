@@ -30,6 +30,8 @@ def test_cli_json_with_torch_reference():
     for k in REQUIRED + ("torch_tokens_per_sec", "ratio_vs_torch"):
         _positive(r, k)
     assert r["platform"] == "cpu" and r["devices"] == 1
+    assert r["cpu"]["model"] and r["cpu"]["cores"] >= 1 and isinstance(r["cpu"]["vector_extensions"], list)
+    assert any(line.startswith("host CPU") for line in lines[:-1])
     assert r["step_time"]["n"] == 2 and r["step_time"]["min"] <= r["step_time_s"] <= r["step_time"]["max"]
     B, T = 8, 32
     assert math.isclose(r["tokens_per_sec"], B * T / r["step_time_s"], rel_tol=1e-9)
@@ -44,6 +46,18 @@ def test_cli_json_with_torch_reference():
     # The human-readable report comes first.
     assert any(line.startswith("tokens/s") for line in lines[:-1])
     assert any(line.startswith("ratio") for line in lines[:-1])
+
+
+def test_host_cpu_reads_model_and_vector_extensions(tmp_path):
+    from gpt2jax import bench
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse avx avx2 fma avx512f "
+                    "avx512_bf16 amx_tile\n\nprocessor\t: 1\nmodel name\t: Example CPU 9000\n")
+    cpu = bench.host_cpu(str(info))
+    assert cpu["model"] == "Example CPU 9000"
+    assert cpu["vector_extensions"] == ["avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+    assert bench.host_cpu(str(tmp_path / "missing"))["vector_extensions"] == []
 
 
 def test_run_without_reference_on_a_mesh():
