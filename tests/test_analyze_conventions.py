@@ -121,3 +121,26 @@ def test_planner_counts_n_as_the_fits_did():
     assert (s["n_layer"], s["n_embd"]) != (t["n_layer"], t["n_embd"])
     text = planner.format_plan(ne)
     assert f"at the shape's N = {s['params_non_embedding']:,})" in text and "non-embedding parameters" in text
+
+
+def test_isoflop_leaves_unbracketed_minima_out_of_the_power_law():
+    """A budget whose sizes all lie above its optimum has an extrapolated vertex: it is reported, marked, and
+    left out of N_opt ~ C^a (which then comes from the bracketed budgets alone)."""
+    from gpt2jax.scaling import fits
+
+    def loss(n, c):
+        return 1.0 + 300 / n ** 0.34 + 400 / (c / (6 * n)) ** 0.28
+
+    budget, n, l = [], [], []
+    # optima (from the law): 8.1e5 at 1e14, 2.3e6 at 1e15, 6.4e6 at 1e16, 1.8e7 at 1e17
+    for c, sizes in ((1e15, (3e5, 1e6, 3e6, 1e7, 3e7)), (1e16, (1e6, 3e6, 1e7, 3e7, 1e8)),
+                     (1e17, (3e6, 1e7, 3e7, 1e8, 3e8)), (1e14, (3e6, 1e7, 3e7, 1e8, 3e8))):
+        for s in sizes:
+            budget.append(c), n.append(s), l.append(loss(s, c))
+    f = fits.fit_isoflop(budget, n, l, n_boot=0)
+    per = {e["budget_flops"]: e for e in f["per_budget"]}
+    assert not per[1e14]["inside_range"] and "below the sizes tried" in per[1e14]["left_out"]
+    assert all(per[c]["inside_range"] and "left_out" not in per[c] for c in (1e15, 1e16, 1e17))
+    assert f["n_budgets"] == 3
+    with_all = fits.fit_isoflop(budget[:15], n[:15], l[:15], n_boot=0)
+    assert f["a"] == pytest.approx(with_all["a"])  # the unbracketed budget changed nothing

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-TOOLS = ("prepare", "train", "sample", "evaluate", "convert", "plan", "bench", "sweep", "analyze")
+TOOLS = ("prepare", "train", "sample", "evaluate", "convert", "plan", "bench", "sweep", "analyze", "detect")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,7 @@ def _mistakes(tmp_path):
         "bench": ["--config=tiny", "--steps=0"],
         "sweep": [missing / "spec.py", f"--root={tmp_path / 'r'}"],
         "analyze": [f"--root={missing}"],
+        "detect": [f"--workdir={missing}", "--text=to be or not to be"],
     }
 
 

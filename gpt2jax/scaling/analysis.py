@@ -265,6 +265,14 @@ def summarize(fits: dict) -> str:
                      f"{i['n_budgets']} budgets" + boot(i))
     else:
         lines.append(f"isoflop: skipped: {i.get('skipped')}")
+    for e in i.get("per_budget", []):
+        if "N_opt" not in e:
+            lines.append(f"  C={e['budget_flops']:.3g}: {e.get('skipped', 'no minimum')}")
+            continue
+        best = min(range(len(e["loss"])), key=e["loss"].__getitem__)
+        where = ("bracketed" if e.get("inside_range", True) else "NOT bracketed: " + e["left_out"].split(" (")[0])
+        lines.append(f"  C={e['budget_flops']:.3g}: best size tried N={e['params'][best]:.4g} (loss {e['loss'][best]:.4f}); "
+                     f"parabola vertex N={e['N_opt']:.4g}, {e['D_opt'] / e['N_opt']:.3g} tokens/param, {where}")
     return "\n".join(lines)
 
 

@@ -486,8 +486,8 @@ def _isoflop_core(groups, weights=None):
 
 def fit_isoflop(budget, n, loss, n_boot: int = 200, seed: int = 0, progress=None) -> dict:
     """Per budget_flops a parabola of loss in log N and its vertex; N_opt = k C^a through the
-    vertices (so D_opt = C / (6 N_opt) grows as C^(1-a)). Bootstrap resamples runs within each
-    budget."""
+    vertices (so D_opt = C / (6 N_opt) grows as C^(1-a)). Only bracketed minima (the vertex inside the
+    sizes tried) enter the power law. Bootstrap resamples runs within each budget."""
     budget, n, loss = (np.asarray(x, np.float64) for x in (budget, n, loss))
     ok = np.isfinite(budget) & (budget > 0)
     if not ok.any():
@@ -508,16 +508,22 @@ def fit_isoflop(budget, n, loss, n_boot: int = 200, seed: int = 0, progress=None
         if v is None:
             entry["skipped"] = "the parabola curves downwards: no minimum"
         else:
-            entry.update(N_opt=math.exp(v[0]), D_opt=c / (6 * math.exp(v[0])), loss_opt=v[1],
-                         inside_range=bool(ln.min() <= v[0] <= ln.max()))
-            groups.append((c, ln, l))
+            inside = bool(ln.min() <= v[0] <= ln.max())
+            entry.update(N_opt=math.exp(v[0]), D_opt=c / (6 * math.exp(v[0])), loss_opt=v[1], inside_range=inside)
+            if inside:
+                groups.append((c, ln, l))
+            else:  # an extrapolated vertex says only that the optimum lies beyond the sizes tried
+                entry["left_out"] = ("the vertex lies " + ("below" if v[0] < ln.min() else "above")
+                                     + " the sizes tried (not bracketed): left out of the power law")
         per_budget.append(entry)
     out = {"per_budget": per_budget, "N": "params (all parameters)"}
     if dropped:
         out["dropped_budgets"] = dropped
     fit, mins = _isoflop_core(groups)
     if fit is None:
-        out["skipped"] = (f"needs minima at 2 or more budgets for the power law, got {len(mins)}")
+        out["skipped"] = (f"needs bracketed minima at 2 or more budgets for the power law, got {len(mins)}"
+                          + (f" ({sum('left_out' in e for e in per_budget)} budget(s) not bracketed)"
+                             if any("left_out" in e for e in per_budget) else ""))
         return out
     a, icpt = fit
 

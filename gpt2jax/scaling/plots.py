@@ -209,10 +209,16 @@ def _isoflop(fits, out_dir):
         ax.scatter(x, y, color=color, s=25, zorder=3, label=f"C = {_fmt_e(p['budget_flops'])} FLOPs")
         xs = np.geomspace(x.min() / 1.2, x.max() * 1.2, 100)
         ax.plot(xs, np.polyval(p["parabola_log_n"], np.log(xs)), color=color, lw=1)
-        if "N_opt" in p:
+        if "N_opt" in p and p.get("inside_range", True):
             ax.scatter([p["N_opt"]], [p["loss_opt"]], marker="*", s=160, color=color, edgecolors="k",
                        zorder=4)
+        elif "N_opt" in p:  # not bracketed: the best size tried, ringed; the extrapolated vertex is not drawn
+            best = int(np.argmin(y))
+            ax.scatter([x[best]], [y[best]], marker="o", s=140, facecolors="none", edgecolors=color, zorder=4)
     ax.scatter([], [], marker="*", s=120, color="gray", edgecolors="k", label="parabola minimum")
+    if any("left_out" in p for p in per):
+        ax.scatter([], [], marker="o", s=100, facecolors="none", edgecolors="gray",
+                   label="minimum not bracketed (best size ringed)")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N (all)")
     ax.set_ylabel("final validation loss (nats/token)")
@@ -220,7 +226,7 @@ def _isoflop(fits, out_dir):
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     ax = axes[1]
-    mins = [p for p in per if "N_opt" in p]
+    mins = [p for p in per if "N_opt" in p and p.get("inside_range", True)]
     if mins:
         c = np.array([p["budget_flops"] for p in mins])
         ax.scatter(c, [p["N_opt"] for p in mins], color="C0", s=40, zorder=3, label="N_opt (parameters)")
