@@ -232,6 +232,15 @@ class Checkpointer:
     def close(self):
         with self._disk_full_named():
             self.manager.wait_until_finished()
+        # Orbax's manager starts a background clean-up of unfinished saves when it opens, and its close()
+        # does not wait for it: a start that fails right away and removes the directories it made would
+        # race that thread (an Orbax traceback after our error line). Wait for it here.
+        wait_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait_cleanup is not None:
+            try:
+                wait_cleanup()
+            except Exception:  # a failed clean-up of leftovers is not this run's error
+                pass
         self.manager.close()
 
 
