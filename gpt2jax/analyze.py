@@ -67,8 +67,10 @@ def main(argv, fv):
             raise AnalysisError(f"{F.fits}: not a fits.json written by gpt2jax-analyze")
         try:
             print(planner.format_plan(planner.plan(fits, F.budget_flops)), flush=True)
-        except (KeyError, TypeError) as e:
-            raise AnalysisError(f"{F.fits}: malformed fit ({e!r})") from None
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"the field {e.args[0]!r} is missing" if isinstance(e, KeyError) else "a field has the wrong type"
+            raise AnalysisError(f"{F.fits}: not a fits.json this version of gpt2jax-analyze can read ({what}); "
+                                "write it again with gpt2jax-analyze --root=... --out=...") from None
         return
     if bool(F.root) == bool(F.csv):
         raise AnalysisError("give one of --root=DIR or --csv=FILE (and --out=DIR), or the "

@@ -332,3 +332,13 @@ def test_help():
     res = _cli("--help")  # absl exits 1 after printing the help
     for flag in ("--root", "--csv", "--out", "--fits", "--budget_flops", "--n_boot"):
         assert flag in res.stdout
+
+
+def test_planner_names_a_malformed_fits_json(tmp_path):
+    bad = tmp_path / "fits.json"
+    bad.write_text(json.dumps({"chinchilla": {"skipped": "x"}, "isoflop": {"a": "x", "log_k": 1}}))
+    res = _cli(f"--fits={bad}", "--budget_flops=1e20")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}: not a fits.json this version of gpt2jax-analyze can read (a field has the wrong type); "
+        "write it again with gpt2jax-analyze --root=... --out=...")
