@@ -3,36 +3,25 @@ seed, with the mean and the seed spread, as a CSV and a markdown table.
 
     python -m experiments.wsd_vs_cosine --root=runs/wsd_vs_cosine --out=experiments/results/wsd_vs_cosine
 
-Reads each run's sweep_run.json (tags `schedule`, `seed`) and metrics.jsonl (the last val_loss and val_bpb).
+Reads the runs as gpt2jax-analyze does (gpt2jax.scaling.table): tags `schedule`, `seed`, the final val loss and
+bits per byte.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import statistics
 
 
 def collect(root: str) -> list[dict]:
+    """The finished runs under `root` that carry a schedule tag, as read by gpt2jax-analyze's run table."""
     from gpt2jax.errors import AnalysisError
+    from gpt2jax.scaling import table
 
-    if not os.path.isdir(root):
-        raise AnalysisError(f"--root={root}: no such directory")
-    rows = []
-    for name in sorted(os.listdir(root)):
-        rec, met = os.path.join(root, name, "sweep_run.json"), os.path.join(root, name, "metrics.jsonl")
-        if not (os.path.exists(rec) and os.path.exists(met)):
-            continue
-        with open(rec) as f:
-            tags = json.load(f).get("tags", {})
-        with open(met) as f:
-            vals = [json.loads(x) for x in f if x.strip()]
-        last = [v for v in vals if "val_loss" in v]
-        if "schedule" not in tags or not last:
-            continue
-        rows.append({"name": name, "schedule": tags["schedule"], "seed": int(tags["seed"]), "step": last[-1]["step"],
-                     "val_loss": last[-1]["val_loss"], "val_bpb": last[-1].get("val_bpb")})
+    rows = [{"name": r["name"], "schedule": r["tags"]["schedule"], "seed": int(r["tags"]["seed"]),
+             "val_loss": r["loss"], "val_bpb": r.get("bpb")}
+            for r in table.collect(root) if r["status"] == "finished" and "schedule" in (r.get("tags") or {})]
     if not rows:
         raise AnalysisError(f"--root={root}: no finished runs with a schedule tag")
     return rows
