@@ -65,6 +65,7 @@ def main(argv, fv):
         fits = table.read_json(F.fits)
         if not isinstance(fits, dict) or "chinchilla" not in fits:
             raise AnalysisError(f"{F.fits}: not a fits.json written by gpt2jax-analyze")
+        planner.check_fits(fits, F.fits)
         try:
             print(planner.format_plan(planner.plan(fits, F.budget_flops)), flush=True)
         except (KeyError, TypeError, ValueError) as e:

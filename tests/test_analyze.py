@@ -339,6 +339,7 @@ def test_planner_names_a_malformed_fits_json(tmp_path):
     bad.write_text(json.dumps({"chinchilla": {"skipped": "x"}, "isoflop": {"a": "x", "log_k": 1}}))
     res = _cli(f"--fits={bad}", "--budget_flops=1e20")
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1] == (
-        f"error: {bad}: not a fits.json this version of gpt2jax-analyze can read (a field has the wrong type); "
-        "write it again with gpt2jax-analyze --root=... --out=...")
+    assert res.stderr.strip().splitlines()[-1] == f"error: {bad}: isoflop.a should be a finite number, got 'x'"
+    bad.write_text(json.dumps({"chinchilla": {"alpha": 0.3, "beta": 0.3, "E": 1.0, "A": 2.0}}))
+    res = _cli(f"--fits={bad}", "--budget_flops=1e20")
+    assert res.stderr.strip().splitlines()[-1] == f"error: {bad}: chinchilla.B should be a finite number, got missing"

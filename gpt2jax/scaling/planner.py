@@ -59,6 +59,34 @@ def fit_params(fits: dict) -> str:
     return "non_embedding" if v == "non_embedding" else "total"
 
 
+# What the planner reads of each fit, once the fit's first key is there (a skipped fit has none of them).
+FIT_KEYS = {"chinchilla": ("alpha", "beta", "E", "A", "B"), "isoflop": ("a", "log_k"), "lr": ("x", "log_k"),
+            "frontier": ("alpha", "E", "log_C_c")}
+
+
+def check_fits(fits: dict, where: str) -> None:
+    """AnalysisError naming the first field of a fits.json the planner cannot use (missing, or not a number)."""
+    if not isinstance(fits, dict):
+        raise AnalysisError(f"{where}: not a fits.json written by gpt2jax-analyze (not a JSON object)")
+    for name, keys in FIT_KEYS.items():
+        f = fits.get(name)
+        if f is None:
+            continue
+        if not isinstance(f, dict):
+            raise AnalysisError(f"{where}: {name} should be an object (a fit), got {type(f).__name__}")
+        if keys[0] not in f:
+            continue
+        for k in keys:
+            v = f.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                got = "missing" if k not in f else f"{v!r}"
+                raise AnalysisError(f"{where}: {name}.{k} should be a finite number, got {got}")
+    if "alpha" in (fits.get("chinchilla") or {}):
+        co = fits["chinchilla"].get("compute_optimal")
+        if not isinstance(co, dict) or not all(isinstance(co.get(k), (int, float)) for k in ("a", "b", "G")):
+            raise AnalysisError(f"{where}: chinchilla.compute_optimal should hold numbers a, b and G")
+
+
 def plan(fits: dict, c: float) -> dict:
     """The allocation the fitted law gives for C FLOPs (C = 6 N D), the nearest config shape, and
     its predicted loss and learning rate. N is counted as the fits counted it (fits.json's
