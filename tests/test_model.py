@@ -74,16 +74,19 @@ def test_causality(setup):
 
 def test_scan_unrolled_remat_agree(setup):
     cfg, params, tokens = setup
-    ref = GPT2(cfg).apply({"params": params}, tokens)
+
+    def forward(c):
+        return jax.jit(lambda p: GPT2(c).apply({"params": p}, tokens))(params)
+
+    ref = forward(cfg)
     for kw in (dict(scan_layers=False), dict(remat="full"), dict(remat="dots", scan_layers=False)):
-        out = GPT2(tiny(**kw)).apply({"params": params}, tokens)
-        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(forward(tiny(**kw))), np.asarray(ref), atol=1e-5)
 
-    def loss(p, c):
-        return cross_entropy(GPT2(c).apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])
+    def grad(c):
+        loss = lambda p: cross_entropy(GPT2(c).apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])  # noqa: E731
+        return jax.jit(jax.grad(loss))(params)
 
-    g0 = jax.grad(loss)(params, cfg)
-    g1 = jax.grad(loss)(params, tiny(remat="full", scan_layers=False))
+    g0, g1 = grad(cfg), grad(tiny(remat="full", scan_layers=False))
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
@@ -92,11 +95,12 @@ def test_kv_cache_decoding_equals_full_forward(setup):
     cfg, params, tokens = setup
     model = GPT2(cfg)
     full = model.apply({"params": params}, tokens)
+    decode = jax.jit(lambda toks, cache, pos: model.apply({"params": params}, toks, cache, pos, method=GPT2.decode))
     cache = init_cache(cfg, tokens.shape[0], 24)
-    logits, cache = model.apply({"params": params}, tokens[:, :7], cache, 0, method=GPT2.decode)
+    logits, cache = decode(tokens[:, :7], cache, 0)
     pieces = [logits]
-    for t in range(7, 20):
-        logits, cache = model.apply({"params": params}, tokens[:, t : t + 1], cache, t, method=GPT2.decode)
+    for t in range(7, 20):  # one compiled step: the position is traced
+        logits, cache = decode(tokens[:, t : t + 1], cache, t)
         pieces.append(logits)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(pieces, 1)), np.asarray(full), atol=1e-4)
 

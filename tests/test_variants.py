@@ -138,10 +138,14 @@ def cache_dir(tmp_path_factory):
 
 
 def _greedy_full_forward(model, params, prompt, n):
-    toks = np.asarray(prompt)
-    for _ in range(n):
-        logits = model.apply({"params": params}, jnp.asarray(toks))
-        toks = np.concatenate([toks, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
+    """Greedy decoding by full forward passes, each over the whole padded window (one compiled function: in a
+    causal model the logits at position t depend on tokens <= t only, so the padding after t changes nothing)."""
+    fwd = jax.jit(lambda toks: model.apply({"params": params}, toks))
+    b, t0 = prompt.shape
+    toks = np.zeros((b, t0 + n), np.int32)
+    toks[:, :t0] = prompt
+    for t in range(t0, t0 + n):
+        toks[:, t] = np.asarray(jnp.argmax(fwd(jnp.asarray(toks))[:, t - 1], -1))
     return toks
 
 
@@ -162,10 +166,8 @@ def test_variant_trains_shards_checkpoints_samples_and_evaluates(variant, shakes
     assert jax.tree.map(lambda x: x.shape, params) == jax.tree.map(lambda x: x.shape, abstract_params(c.model))
     model = GPT2(c.model)
     val = loader.TokenDataset(c.data.dir, "val", c.model.block_size)
-    losses = []
-    for i in range(2):
-        batch = jnp.asarray(loader.eval_batch(val, i, c.train.batch_size, 0, 1))
-        losses.append(float(cross_entropy(model.apply({"params": params}, batch[:, :-1]), batch[:, 1:])))
+    loss_of = jax.jit(lambda b: cross_entropy(model.apply({"params": params}, b[:, :-1]), b[:, 1:]))
+    losses = [float(loss_of(jnp.asarray(loader.eval_batch(val, i, c.train.batch_size, 0, 1)))) for i in range(2)]
     assert np.mean(losses) == pytest.approx(summary["val_loss"], rel=1e-5, abs=1e-5)
 
     # KV-cache sampling equals greedy decoding with full forward passes.
