@@ -47,9 +47,9 @@ def define_flags(fv) -> None:
     flags.DEFINE_enum("dtype", "", ["", *DTYPES], "Override the compute dtype (float32 matches lm-eval's fp32 "
                       "runs).", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
-    from gpt2jax.eval import lm_eval_adapter  # --lm_eval_* and --mesh (lm-eval is imported only when used)
+    from gpt2jax.eval import lm_eval_flags  # --lm_eval_* and --mesh (lm-eval is imported only when used)
 
-    lm_eval_adapter.define_flags(fv)
+    lm_eval_flags.define_flags(fv)
 
 
 def _fmt(v, metric: str = "") -> str:

@@ -24,19 +24,23 @@ write also goes to Weights & Biases (gpt2jax/wandb_log.py).
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
-
-import jax
 
 from gpt2jax import config as config_lib
 from gpt2jax.fileio import check_output_dir, make_output_dir, remove_empty_dirs
 from gpt2jax.lock import WorkdirLock
-from gpt2jax.training.hooks import Hook, default_hooks, profile
-from gpt2jax.training.loop import Loop, StopFlag, closing_on_error, setup_compile_cache
-from gpt2jax.training.records import bits_per_byte, resolve_vocab, run_info
-from gpt2jax.training.resume import BRANCH_MAY_CHANGE, check_resume_config, open_branch
-from gpt2jax.training.trainer import Trainer
+
+# The pieces' names, imported on first use (`from gpt2jax.train import Trainer` works as before), so that
+# `gpt2jax-train --help` and a mistake in the flags or the config answer without importing JAX.
+_FROM = {
+    "Hook": "hooks", "default_hooks": "hooks", "profile": "hooks",
+    "Loop": "loop", "StopFlag": "loop", "closing_on_error": "loop", "setup_compile_cache": "loop",
+    "bits_per_byte": "records", "resolve_vocab": "records", "run_info": "records",
+    "BRANCH_MAY_CHANGE": "resume", "check_resume_config": "resume", "open_branch": "resume",
+    "Trainer": "trainer",
+}
 
 __all__ = [
     "BRANCH_MAY_CHANGE", "Hook", "Loop", "Trainer", "bits_per_byte", "check_resume_config", "default_hooks",
@@ -44,10 +48,21 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str):
+    if name in _FROM:
+        return getattr(importlib.import_module(f"gpt2jax.training.{_FROM[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def train(config, workdir: str, *, progress: bool = True, hooks=()) -> dict:
     """Train (or resume) a run in `workdir`: the default hooks (log, eval, zero-shot tasks, checkpoint,
     profile) and then `hooks` after each step. Returns a summary: final step, val loss, timing.
     One writer per workdir: the run holds gpt2jax.lock's lock on it (and on checkpoint.dir)."""
+    import jax
+
+    from gpt2jax.training.loop import Loop
+    from gpt2jax.training.records import resolve_vocab
+
     resolve_vocab(config)
     config_lib.validate(config)  # once: Loop and its Trainer take the config as validated
     is_main = jax.process_index() == 0
@@ -88,6 +103,9 @@ def make_output_dirs(config, workdir: str) -> list[str]:
 
 def _run(loop, hooks) -> dict:
     """The loop of a started run: a step, then its hooks, until the end or a stop."""
+    from gpt2jax.training.hooks import default_hooks, profile
+    from gpt2jax.training.loop import StopFlag, closing_on_error
+
     config = loop.config
     # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
     # same step through Orbax's preemption sync point (a local signal flag could stop them apart).

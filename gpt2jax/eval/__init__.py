@@ -9,7 +9,17 @@ detokenizers), `loaders` (examples and per-task loaders, with their conventions)
 -> token requests), `metrics`, `reference` (published numbers with their sources).
 """
 
-from gpt2jax.eval.scoring import EOT, Scorer, rolling_windows
-from gpt2jax.eval.tasks import TASKS, MissingTaskData, evaluate_tasks, flatten, run_task
+import importlib
+
+# Imported on first use, so that a light submodule (lm_eval_flags, reference, text) does not bring in JAX.
+_FROM = {"EOT": "scoring", "Scorer": "scoring", "rolling_windows": "scoring", "TASKS": "tasks",
+         "MissingTaskData": "tasks", "evaluate_tasks": "tasks", "flatten": "tasks", "run_task": "tasks"}
+
+
+def __getattr__(name: str):
+    if name in _FROM:
+        return getattr(importlib.import_module(f"gpt2jax.eval.{_FROM[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EOT", "Scorer", "rolling_windows", "TASKS", "MissingTaskData", "evaluate_tasks", "flatten", "run_task"]

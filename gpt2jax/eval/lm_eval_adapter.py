@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from gpt2jax.errors import LmEvalMissing, TaskDataError
+from gpt2jax.eval.lm_eval_flags import DEFAULT_MAX_GEN_TOKS, define_flags  # noqa: F401  (define_flags: also here)
 from gpt2jax.eval.scoring import Scorer
 from gpt2jax.tokenizer import EOT_TEXT
 
@@ -55,8 +56,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     HAVE_LM_EVAL = False
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default (HFLM.max_gen_toks)
 
 
 def require_lm_eval() -> None:
@@ -298,26 +297,6 @@ def summary_table(lm_eval_out: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------
 # The evaluate CLI's part (python -m gpt2jax.evaluate --lm_eval_tasks=...)
-
-
-def define_flags(fv) -> None:
-    """evaluate's lm-eval and layout flags (defined without importing lm-eval)."""
-    from absl import flags
-
-    flags.DEFINE_string(
-        "lm_eval_tasks", "",
-        "Comma-separated lm-evaluation-harness tasks (registered names or ones defined in "
-        "--lm_eval_include). With it, --tasks defaults to none. Needs pip install -e '.[lm_eval]'.",
-        flag_values=fv)
-    flags.DEFINE_string("lm_eval_include", "", "A directory of lm-eval task YAML files.", flag_values=fv)
-    flags.DEFINE_integer("lm_eval_num_fewshot", None, "Few-shot examples (default: each task's own).", flag_values=fv)
-    flags.DEFINE_integer("lm_eval_bootstrap_iters", 100_000,
-                         "lm-eval's bootstrap iterations for stderrs of non-mean metrics (0 = none).", flag_values=fv)
-    flags.DEFINE_integer("lm_eval_max_gen_toks", DEFAULT_MAX_GEN_TOKS,
-                         "New tokens for generation tasks that do not say.", flag_values=fv)
-    flags.DEFINE_enum("mesh", "data", ["data", "run"],
-                      "data: parameters replicated, batches split over all devices; run: the run's "
-                      "config.mesh and rules, as in training (gpt2jax/eval/placement.py).", flag_values=fv)
 
 
 def builtin_task_names(fv) -> list[str]:
