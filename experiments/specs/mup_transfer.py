@@ -48,9 +48,9 @@ def _pow2(lo: int, hi: int) -> list[float]:
     return [2.0**k for k in range(lo, hi + 1)]
 
 
-def lr_runs(prefix, width, parametrization, lrs, common=COMMON):
+def lr_runs(prefix, width, parametrization, lrs, common=COMMON, config="configs/shakespeare.py"):
     """One run per learning rate at this width and parametrization, cosine to lr / 10."""
-    runs = grid(prefix, "configs/shakespeare.py", {"optim.lr": lrs},
+    runs = grid(prefix, config, {"optim.lr": lrs},
                 overrides={**common, "model.n_embd": width, "model.parametrization": parametrization},
                 tags={"width": width, "parametrization": parametrization})
     for r in runs:  # cosine to lr / 10
