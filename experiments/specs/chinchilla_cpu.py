@@ -20,8 +20,8 @@ where a fresh run would, tests/test_branch.py).
 Stated rules, one value per shape (its branches share the parent's): context 128 bytes; batch: the largest of
 32, 16, 8 sequences that gives the shape's shortest run at least 1,500 steps, else 8; warmup 5% of the shortest
 run's steps (>= 10); peak lr 4e-3 * 128 / n_embd capped at 1e-2 (Adam's hidden-matrix rate ~ 1/width, as muP
-prescribes) at 32 sequences a step, times sqrt(batch / 32) (Adam's square-root rule, Malladi et al. 2022), cooled
-to 0; AdamW beta2 0.99 (small batches, as the quickstart's search found), weight decay
+prescribes), whatever the batch (chinchilla_cpu_sqrt_lr.py tried Adam's square-root rule, lr x sqrt(batch / 32):
+every run it changed got worse), cooled to 0; AdamW beta2 0.99 (small batches, as the quickstart's search found), weight decay
 0.1, fp32; val loss over the first 512 windows (65,536 bytes) of the held-out tail.
 """
 
@@ -76,14 +76,14 @@ def budgets():
     return out
 
 
-def lr(shape, Ds, batch_scaling=True):
+def lr(shape, Ds, batch_scaling=False):
     """4e-3 x 128 / width capped at 1e-2 at 32 sequences a step, times sqrt(batch / 32) with batch_scaling
     (Adam's square-root rule, Malladi et al. 2022)."""
     base = min(1e-2, 4e-3 * 128 / shape[1])
     return base * math.sqrt(batch(shape, Ds) / 32) if batch_scaling else base
 
 
-def get_sweep(batch_scaling=True):
+def get_sweep(batch_scaling=False):
     b = budgets()
     shapes = sorted(b, key=n_total)
     runs = cooldowns(
