@@ -1,12 +1,13 @@
 """How detectable is generated text, against the generator's size? And what does the watermark buy, at what cost?
 
-    python -m experiments.detectability --root=runs/chinchilla_cpu --data_dir=data/shakespeare_bytes \
+    gpt2jax-sweep experiments/specs/detect_ladder.py --root=runs/detect_ladder
+    python -m experiments.detectability --root=runs/detect_ladder --data_dir=data/shakespeare_bytes \
         --out=experiments/results/detectability
 
 The question of OpenAI's GPT-2 release report (Solaiman et al. 2019, section "Detecting synthetic text"), asked
-of the models trained here: the IsoFLOP sweep's models (experiments/specs/chinchilla_cpu.py, Shakespeare as
-bytes), every finished cooldown branch under --root a generator (the parents, cut before their cooldown, are
-left out). Human text: --n windows of the val split (the held-out tail), each --prompt_len bytes of prompt and
+of the models trained here: every finished run under --root is a generator (a stable WSD parent, cut before its
+cooldown, is left out); by default the five sizes of experiments/specs/detect_ladder.py, trained on the same
+1.6M bytes of Shakespeare so that the larger is the better, as GPT-2's sizes were on WebText. Human text: --n windows of the val split (the held-out tail), each --prompt_len bytes of prompt and
 the --new bytes that follow. Machine text: each generator's continuation of the same prompts, --new bytes,
 by pure sampling (temperature 1) and by top-k 40 (the release report's two settings); sample i is drawn with
 PRNGKey(seed + i).
@@ -92,14 +93,17 @@ def batch_scores(model_cfg, params, ids_BT, first: int, batch: int = 64) -> dict
 
 # -- inputs ---------------------------------------------------------------------------------------------
 def generators(root: str) -> list[dict]:
-    """The finished cooldown branches under root, smallest first: name, workdir, parameters."""
+    """The finished runs under root that are no branch's parent (a ladder's rungs, a sweep's cooldown branches;
+    a stable WSD parent, cut before its cooldown, is left out), smallest first: name, workdir, parameters."""
     from gpt2jax.scaling import table
 
-    rows = [r for r in table.collect(root) if r["status"] == "finished" and r.get("branch_of")]
+    rows = table.collect(root)
+    parents = {r.get("branch_of") for r in rows}
+    rows = [r for r in rows if r["status"] == "finished" and r["name"] not in parents]
     if not rows:
         from gpt2jax.errors import AnalysisError
 
-        raise AnalysisError(f"--root={root}: no finished cooldown branches to use as generators")
+        raise AnalysisError(f"--root={root}: no finished runs (other than cooldown parents) to use as generators")
     rows.sort(key=lambda r: (r["params"], r.get("budget_flops") or 0))
     return [{"name": r["name"], "workdir": os.path.join(root, r["name"]), "params": int(r["params"]),
              "budget_flops": r.get("budget_flops"), "val_loss": r["loss"]} for r in rows]
@@ -140,7 +144,7 @@ def run(fv) -> dict:
         wanted = fv.generators.split(",")
         missing = sorted(set(wanted) - {g["name"] for g in gens})
         if missing:
-            raise ValueError(f"--generators: no finished branch named {', '.join(missing)} under {fv.root}")
+            raise ValueError(f"--generators: no finished run named {', '.join(missing)} under {fv.root}")
         gens = [g for g in gens if g["name"] in wanted]
     scorer_dir = fv.scorer or gens[-1]["workdir"]
     s_cfg, s_params, s_tok, _ = load(workdir=scorer_dir)
@@ -295,11 +299,11 @@ def main(argv, fv):
 
 
 def define_flags(fv) -> None:
-    flags.DEFINE_string("root", "runs/chinchilla_cpu", "A sweep root whose cooldown branches are the generators.",
+    flags.DEFINE_string("root", "runs/detect_ladder", "A sweep root whose finished runs are the generators.",
                         flag_values=fv)
     flags.DEFINE_string("data_dir", "data/shakespeare_bytes", "The dataset the generators were trained on.",
                         flag_values=fv)
-    flags.DEFINE_string("generators", "", "Comma-separated branch names to use (default: every finished branch).",
+    flags.DEFINE_string("generators", "", "Comma-separated run names to use (default: every finished run).",
                         flag_values=fv)
     flags.DEFINE_string("scorer", "", "The fixed scoring model's run (default: the largest generator).",
                         flag_values=fv)

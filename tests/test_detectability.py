@@ -50,3 +50,27 @@ def test_batch_scores_equal_the_detectors_scores_of_the_continuation():
             tol = 1e-3 if k == "fast_detectgpt" else 1e-5
             assert got[k][b] == pytest.approx(want[k], rel=tol, abs=1e-5), k
         assert got["loss"][b] == pytest.approx(-np.mean(st["logp"]), rel=1e-6)
+
+
+def test_generators_are_the_finished_runs_that_no_branch_starts_from(tmp_path):
+    import json
+
+    from experiments.detectability import generators
+    from gpt2jax.errors import AnalysisError
+    from test_analyze import _write_run
+
+    root = tmp_path / "sweep"
+    _write_run(root, "big", 2, 128, 40, [(40, 4.0)])
+    _write_run(root, "small", 2, 64, 40, [(40, 4.5)])
+    _write_run(root, "parent", 2, 96, 40, [(40, 4.4)])
+    _write_run(root, "branch", 2, 96, 40, [(40, 4.2)])
+    _write_run(root, "unfinished", 2, 32, 40, [(20, 5.0)])
+    info = json.loads((root / "branch" / "run.json").read_text())
+    info["branch"] = {"parent": str(root / "parent"), "step": 32}
+    (root / "branch" / "run.json").write_text(json.dumps(info))
+    got = generators(str(root))
+    assert [g["name"] for g in got] == ["small", "branch", "big"]  # smallest first; no parent, nothing unfinished
+    assert got[1]["workdir"] == str(root / "branch") and got[1]["val_loss"] == pytest.approx(4.2)
+    _write_run(tmp_path / "cut", "unfinished", 2, 32, 40, [(20, 5.0)])
+    with pytest.raises(AnalysisError, match="no finished runs"):
+        generators(str(tmp_path / "cut"))
