@@ -9,20 +9,23 @@ of the models trained here: every finished run under --root is a generator (a st
 cooldown, is left out); by default the five sizes of experiments/specs/detect_ladder.py, trained on the same
 1.6M bytes of Shakespeare so that the larger is the better, as GPT-2's sizes were on WebText. Human text: --n windows of the val split (the held-out tail), each --prompt_len bytes of prompt and
 the --new bytes that follow. Machine text: each generator's continuation of the same prompts, --new bytes,
-by pure sampling (temperature 1) and by top-k 40 (the release report's two settings); sample i is drawn with
-PRNGKey(seed + i).
+by pure sampling (temperature 1) and by top-k for each k in --top_k (default 40, the release report's setting,
+and 5: 40 of 257 bytes truncates almost nothing, 40 of GPT-2's 50,257 tokens a great deal); sample i is drawn
+with PRNGKey(seed + i).
 
 Detectors (gpt2jax/detect.py, each over the continuation's bytes only, conditioned on the prompt): the zero-shot
 scores log_likelihood, log_rank, entropy and fast_detectgpt, scored twice: by a fixed model (--scorer: the
 largest generator by default) and by the generator itself (the white-box setting of DetectGPT and
 Fast-DetectGPT). Each score is oriented so that higher means "machine" (log_rank and entropy negated) and
 summarized by its AUROC, human against machine, with a 95% bootstrap interval (--boot resamples of both sets).
+An AUROC under 0.5 is separation the other way round (machine text *less* likely than human text); the csv's
+`separability` = max(AUROC, 1 - AUROC) is what a detector that learned its direction would reach.
 
 The watermark (gpt2jax/watermark.py, Kirchenbauer et al. 2023, gamma 0.25, context 1): the largest generator
 samples the same prompts with delta in --deltas; reported per delta: z of the continuation's first L bytes for
 L in --lengths (median), the fraction with z > 4 at the full length, the false-positive rate of z > 4 on the
 human continuations (with the same key), and the perplexity cost: the fixed scorer's mean log-loss of the
-continuation (nats/byte) against delta 0.
+continuation (nats/byte) against delta 0. The null: the human texts' z under --null_keys other keys.
 
 Writes detectability.csv (one row per generator, setting, scorer and detector), watermark.csv,
 detectability.json (everything, with the command and the host CPU) and two plots: auroc_vs_size.png and
@@ -40,6 +43,8 @@ import time
 
 import numpy as np
 from absl import flags
+
+from gpt2jax.errors import DetectionError
 
 DETECTORS = ("log_likelihood", "log_rank", "entropy", "fast_detectgpt")
 SIGN = {"log_likelihood": 1.0, "log_rank": -1.0, "entropy": -1.0, "fast_detectgpt": 1.0}  # higher = machine
@@ -76,7 +81,7 @@ def batch_scores(model_cfg, params, ids_BT, first: int, batch: int = 64) -> dict
     ids = np.asarray(ids_BT, np.int32)
     B, T = ids.shape
     if T > cfg.block_size:
-        raise ValueError(f"texts of {T} tokens are longer than the scorer's context of {cfg.block_size}")
+        raise DetectionError(f"texts of {T} tokens are longer than the scorer's context of {cfg.block_size}")
     out = {k: [] for k in (*DETECTORS, "loss")}
     for i in range(0, B, batch):
         chunk = ids[i:i + batch]
@@ -89,6 +94,16 @@ def batch_scores(model_cfg, params, ids_BT, first: int, batch: int = 64) -> dict
                 out[k].append(s[k])
             out["loss"].append(float(-np.mean(st["logp"])))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def settings_of(top_k: str) -> list[tuple[str, int]]:
+    """The sampling settings: ("pure", 0), then ("top_kK", K) for each K of the comma-separated --top_k."""
+    ks = []
+    for part in filter(None, (p.strip() for p in top_k.split(","))):
+        if not part.isdigit() or int(part) < 1:
+            raise DetectionError(f"--top_k={top_k}: each entry must be a whole number >= 1, got {part!r}")
+        ks.append(int(part))
+    return [("pure", 0)] + [(f"top_k{k}", k) for k in dict.fromkeys(ks)]
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -116,7 +131,7 @@ def human_windows(data_dir: str, n: int, length: int, seed: int, vocab_size: int
     val = loader.TokenDataset(data_dir, "val", length - 1, vocab_size=vocab_size)
     tokens = np.asarray(val.tokens)
     if tokens.size < n * length:
-        raise ValueError(f"{data_dir}: the val split has {tokens.size} tokens, fewer than {n} x {length}")
+        raise DetectionError(f"{data_dir}: the val split has {tokens.size} tokens, fewer than {n} x {length}")
     rng = np.random.default_rng(seed)
     starts = np.sort(rng.choice(tokens.size - length, size=n, replace=False))
     return np.stack([tokens[s:s + length] for s in starts]).astype(np.int32)
@@ -139,12 +154,13 @@ def run(fv) -> dict:
     from gpt2jax import watermark as wm
     from gpt2jax.detect import load
 
+    settings = settings_of(fv.top_k)
     gens = generators(fv.root)
     if fv.generators:
         wanted = fv.generators.split(",")
         missing = sorted(set(wanted) - {g["name"] for g in gens})
         if missing:
-            raise ValueError(f"--generators: no finished run named {', '.join(missing)} under {fv.root}")
+            raise DetectionError(f"--generators: no finished run named {', '.join(missing)} under {fv.root}")
         gens = [g for g in gens if g["name"] in wanted]
     scorer_dir = fv.scorer or gens[-1]["workdir"]
     s_cfg, s_params, s_tok, _ = load(workdir=scorer_dir)
@@ -152,11 +168,10 @@ def run(fv) -> dict:
     prompts, first = human[:, :fv.prompt_len], fv.prompt_len
     human_fixed = batch_scores(s_cfg, s_params, human, first)
     rows, t0 = [], time.perf_counter()
-    settings = (("pure", 0), ("top_k40", 40))
     for g in tqdm(gens, desc="generators", disable=not fv.progress):
         cfg, params, tok, _ = load(workdir=g["workdir"])
         if tok.vocab_hash != s_tok.vocab_hash:
-            raise ValueError(f"{g['workdir']}: its tokenizer is not the scorer's ({scorer_dir})")
+            raise DetectionError(f"{g['workdir']}: its tokenizer is not the scorer's ({scorer_dir})")
         human_self = batch_scores(cfg, params, human, first)
         for setting, k in settings:
             text = sample(cfg, params, prompts, fv.new, fv.seed, top_k=k)
@@ -169,6 +184,7 @@ def run(fv) -> dict:
                     rows.append({"generator": g["name"], "params": g["params"], "budget_flops": g["budget_flops"],
                                  "generator_val_loss": g["val_loss"], "setting": setting, "scorer": scorer,
                                  "detector": d, "auroc": a, "auroc_lo": lo, "auroc_hi": hi,
+                                 "separability": max(a, 1.0 - a),
                                  "machine_mean": float(np.mean(mach[d])), "human_mean": float(np.mean(hum[d]))})
     gen_seconds = time.perf_counter() - t0
 
@@ -178,11 +194,17 @@ def run(fv) -> dict:
     V = int(cfg.vocab_size)
     wm_rows = []
 
-    def z_at(ids_BT, L, ignore_repeated=False):
-        return np.asarray([wm.score(r[first - 1:first + L], fv.watermark_key, vocab_size=V, gamma=0.25, context=1,
+    def z_at(ids_BT, L, ignore_repeated=False, key=fv.watermark_key):
+        return np.asarray([wm.score(r[first - 1:first + L], key, vocab_size=V, gamma=0.25, context=1,
                                     ignore_repeated=ignore_repeated)["watermark_z"] for r in ids_BT])
 
     human_z, human_z_once = z_at(human, fv.new), z_at(human, fv.new, True)
+    # The null over keys: with one key, z of human text need not have mean 0 (a frequent byte pair is green or
+    # not for the whole text); over keys it should. Human z under --null_keys other keys.
+    null = np.stack([z_at(human, fv.new, key=fv.watermark_key + 1 + j) for j in range(fv.null_keys)])
+    null_summary = {"keys": fv.null_keys, "mean": float(null.mean()), "sd": float(null.std()),
+                    "per_key_mean_min": float(null.mean(1).min()), "per_key_mean_max": float(null.mean(1).max()),
+                    "false_positive_z_gt_4": float(np.mean(null > 4))}
     for delta in [0.0] + [float(d) for d in fv.deltas.split(",")]:
         mark = wm.Watermark(fv.watermark_key, gamma=0.25, delta=delta, context=1) if delta > 0 else None
         text = sample(cfg, params, prompts, fv.new, fv.seed, watermark=mark)
@@ -201,7 +223,8 @@ def run(fv) -> dict:
     base = wm_rows[0]["loss_fixed_scorer"]
     for r in wm_rows:
         r["perplexity_cost"] = math.exp(r["loss_fixed_scorer"] - base) - 1.0  # relative to delta 0
-    return {"generators": gens, "scorer": scorer_dir, "rows": rows, "watermark": wm_rows,
+    return {"generators": gens, "scorer": scorer_dir, "rows": rows, "watermark": wm_rows, "null": null_summary,
+            "settings": [name for name, _ in settings],
             "n": fv.n, "prompt_len": fv.prompt_len, "new": fv.new, "seed": fv.seed, "boot": fv.boot,
             "seconds": time.perf_counter() - t0, "generation_and_scoring_seconds": gen_seconds}
 
@@ -216,9 +239,11 @@ def plot(result: dict, out_dir: str) -> list[str]:
 
     paths = []
     rows = result["rows"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharey=True, layout="constrained")
+    settings = result["settings"]
+    fig, axes = plt.subplots(2, len(settings), figsize=(5.6 * len(settings), 8.5), sharey=True, squeeze=False,
+                             layout="constrained")
     for i, scorer in enumerate(("fixed", "self")):
-        for j, setting in enumerate(("pure", "top_k40")):
+        for j, setting in enumerate(settings):
             ax = axes[i, j]
             for c, d in enumerate(DETECTORS):
                 sel = sorted((r for r in rows if r["scorer"] == scorer and r["setting"] == setting
@@ -231,7 +256,8 @@ def plot(result: dict, out_dir: str) -> list[str]:
             ax.axhline(0.5, color="gray", lw=0.8, ls=":")
             ax.set_xscale("log")
             ax.set_title(f"{'fixed scorer (largest model)' if scorer == 'fixed' else 'scored by the generator itself'}"
-                         f", {'pure sampling' if setting == 'pure' else 'top-k 40'}", fontsize=10)
+                         f", {'pure sampling' if setting == 'pure' else setting.replace('top_k', 'top-k ')}",
+                         fontsize=9)
             ax.grid(True, which="both", alpha=0.25)
             if i == 1:
                 ax.set_xlabel("generator parameters N")
@@ -273,7 +299,7 @@ def main(argv, fv):
 
     from gpt2jax.bench import host_cpu
 
-    logging.set_verbosity(logging.WARNING)  # Orbax's per-restore INFO lines
+    logging.set_verbosity(logging.ERROR)  # Orbax's per-restore lines (a read-only checkpoint directory is expected)
 
     result = run(fv)
     os.makedirs(fv.out, exist_ok=True)
@@ -286,14 +312,21 @@ def main(argv, fv):
     with open(os.path.join(fv.out, "detectability.json"), "w") as f:
         json.dump(result, f, indent=1)
     paths = plot(result, fv.out)
-    for setting in ("pure", "top_k40"):
+    for setting in result["settings"]:
         for scorer in ("fixed", "self"):
             sel = [r for r in result["rows"] if r["setting"] == setting and r["scorer"] == scorer]
             best = max(sel, key=lambda r: r["auroc"])
             print(f"{setting}, {scorer} scorer: best AUROC {best['auroc']:.3f} ({best['detector']}, {best['generator']})")
+            for g in result["generators"]:
+                sep = max((r for r in sel if r["generator"] == g["name"]), key=lambda r: r["separability"])
+                print(f"  {g['name']} ({g['params']:,} params): best separability {sep['separability']:.3f} "
+                      f"({sep['detector']}, AUROC {sep['auroc']:.3f})")
     for r in result["watermark"]:
         print(f"watermark delta {r['delta']:g}: detected {r['detected_z_gt_4']:.3f}, false positives "
               f"{r['false_positive_z_gt_4']:.3f}, perplexity cost {r['perplexity_cost']:+.3f}")
+    n = result["null"]
+    print(f"human text under {n['keys']} other keys: z mean {n['mean']:.3f}, sd {n['sd']:.3f} (per-key means "
+          f"{n['per_key_mean_min']:.2f} to {n['per_key_mean_max']:.2f}), z > 4 in {n['false_positive_z_gt_4']:.4f}")
     print(f"{result['seconds']:.0f} s; wrote {fv.out}: detectability.csv, watermark.csv, detectability.json, "
           + ", ".join(os.path.basename(p) for p in paths))
 
@@ -312,6 +345,10 @@ def define_flags(fv) -> None:
     flags.DEFINE_integer("new", 96, "Continuation tokens (prompt_len + new <= the models' context).",
                          lower_bound=2, flag_values=fv)
     flags.DEFINE_integer("boot", 1000, "Bootstrap resamples for the AUROC intervals.", lower_bound=10, flag_values=fv)
+    flags.DEFINE_integer("null_keys", 16, "Other keys under which the human texts' z is measured (its null).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("top_k", "40,5", "Top-k settings sampled besides pure sampling (comma-separated k > 0).",
+                        flag_values=fv)
     flags.DEFINE_string("deltas", "0.5,1,2,4", "Watermark deltas (besides 0).", flag_values=fv)
     flags.DEFINE_string("lengths", "8,16,32,64,96", "Lengths at which the watermark z is reported.", flag_values=fv)
     flags.DEFINE_integer("watermark_key", 15485863, "The watermark's secret key.", flag_values=fv)

@@ -74,3 +74,13 @@ def test_generators_are_the_finished_runs_that_no_branch_starts_from(tmp_path):
     _write_run(tmp_path / "cut", "unfinished", 2, 32, 40, [(20, 5.0)])
     with pytest.raises(AnalysisError, match="no finished runs"):
         generators(str(tmp_path / "cut"))
+
+
+def test_settings_are_pure_then_each_top_k_and_refuse_nonsense():
+    from experiments.detectability import settings_of
+
+    assert settings_of("40,5") == [("pure", 0), ("top_k40", 40), ("top_k5", 5)]
+    assert settings_of("") == [("pure", 0)] and settings_of("5,5") == [("pure", 0), ("top_k5", 5)]
+    for bad in ("0", "-3", "4.5", "k"):
+        with pytest.raises(ValueError, match="--top_k"):
+            settings_of(bad)
