@@ -5,7 +5,7 @@ as GPT-2's four sizes were trained on the same WebText, so that a larger generat
     gpt2jax-sweep experiments/specs/detect_ladder.py --root=runs/detect_ladder
     python -m experiments.detectability --root=runs/detect_ladder --out=experiments/results/detectability
 
-Shapes (n_layer x n_embd, heads of 16): 2x16, 2x32, 2x64, 3x96, 4x128 (12.8k to 835k parameters, 65x), each
+Shapes (n_layer x n_embd, heads of 16): 2x16, 2x32, 2x64, 3x96, 4x128 (12.8k to 843k parameters, 66x), each
 trained on the same 3.2M bytes (two thirds of the 4.80M training bytes, no byte seen twice): 16 sequences of
 128 bytes a step, 1,563 steps, warmup 5%, cosine to 0, peak lr 4e-3 x 128 / width capped at 1e-2 (the IsoFLOP sweep's
 rule), AdamW beta2 0.99, weight decay 0.1, fp32; val loss over the first 512 windows of the held-out tail.
