@@ -9,7 +9,7 @@ IsoFLOP sweep's shapes, experiments/specs/chinchilla_cpu.py) and batch size:
     times it);
   * loop_s: the training loop's time per step (gpt2jax.train.train over --steps steps with no eval, no
     checkpoint and one log row at the end, so its own hooks cost nothing), from the step after compilation to
-    the end: the data loader, the host-to-device copy, dispatch and the step.
+    the next-to-last step (the run's final val loss and save left out): the data loader, the host-to-device copy, dispatch and the step.
 Then per shape a line step_s = a + b x batch through the batches (least squares): `a` is the part of a step
 that does not grow with the batch (dispatch, the optimizer update over the parameters, XLA's per-op cost),
 `b x batch` the part that does. Reported per (shape, batch): FLOPs per step (6 N D + attention, gpt2jax.metrics),
@@ -70,7 +70,8 @@ def time_step(config, steps: int) -> float:
 
 def time_loop(config, steps: int) -> float:
     """Seconds per step of the training loop, from the end of the first step (compilation left out) to the
-    last step's parameters ready (the final checkpoint save left out), timed by a hook."""
+    end of the next-to-last step, timed by a hook that runs after the default ones: the last step's hooks
+    (the final val loss and checkpoint save) are left out."""
     import jax
 
     from gpt2jax.train import Hook, train
@@ -81,7 +82,7 @@ def time_loop(config, steps: int) -> float:
         if "first" not in marks:
             jax.block_until_ready(loop.params)
             marks["first"] = (loop.step, time.perf_counter())
-        if loop.step == loop.total:
+        if loop.step == loop.total - 1:
             jax.block_until_ready(loop.params)
             marks["last"] = (loop.step, time.perf_counter())
 
