@@ -26,11 +26,15 @@ def _config(width: int, parametrization: str, base_width: int, n_layer: int, n_h
     c = get_config()
     m = c.model
     m.n_layer, m.n_embd, m.n_head, m.block_size = n_layer, width, n_head, 64
+    m.vocab_size = 0  # the dataset's (meta.json): GPT-2 BPE or bytes
     m.parametrization, m.mup_base_width, m.scan_layers = parametrization, base_width, False
     c.data.dir = str(data_dir)
     c.train.batch_size, c.train.num_steps, c.train.compile_cache = 8, 1000, ""
     c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.weight_decay = lr, lr, 0, 0.0
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    from gpt2jax.training.records import resolve_vocab
+
+    resolve_vocab(c)
     return c
 
 
