@@ -19,7 +19,9 @@ grid moves down with Adam's 1 / width rule (32: 2^-9 .. 2^-5, 128: 2^-11 .. 2^-7
 (`train.seed=1`: another init and data order) at the middle three points of each grid (two at width 128, whose
 runs cost most). 38 runs; estimated from experiments/results/step_overhead (a step costs its tokens: ~1.4,
 ~2 and ~9.5 ms per sequence at widths 16, 32, 128, plus ~15 s of start-up per run) at about 55 minutes on the
-2-core machine. Not run yet.
+2-core machine. A pilot of its widths 16 and 32 (experiments/results/mup_bytes/pilot/) found 1,000 steps too
+few: the runs are still leaving the plateau when they end, and a second seed moves a loss by up to 0.47
+nats/byte, more than the learning rate does; run it longer (>= 3,000 steps) before reading a muP result off it.
 """
 
 import os
