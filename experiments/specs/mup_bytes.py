@@ -7,21 +7,20 @@ width, 8 -> 64), tied embeddings, on Shakespeare as bytes.
     gpt2jax-sweep experiments/specs/mup_bytes.py --root=runs/mup_bytes
     python -m experiments.lr_transfer --root=runs/mup_bytes --out=experiments/results/mup_bytes
 
-Every run: 1,000 steps of 16 x 128 bytes (2.05M bytes, 0.43 of an epoch), 50 warmup steps, cosine to lr / 10,
+Every run: 3,000 steps of 16 x 128 bytes (6.1M bytes, 1.3 epochs), 150 warmup steps, cosine to lr / 10,
 AdamW beta2 0.99, weight decay 0.1, fp32, val loss on the first 512 windows of the held-out tail. Byte-level
-models here sit near a bigram model's loss (~2.5 nats/byte) for their first few hundred steps: the first
-version of this spec (300 steps of 8 sequences) would have compared models on that plateau, as the detection
-ladder's first try did (experiments/specs/detect_ladder.py); at 1,563 steps of 16 sequences that ladder's 2x16
-and 2x32 end at 2.19 and 1.98, so width pays here.
+models here sit near a bigram model's loss (~2.5 nats/byte) for their first several hundred steps and leave it
+slowly: a pilot of widths 16 and 32 at 1,000 steps (experiments/results/mup_bytes/pilot/) found a second seed
+moving a loss by up to 0.47 nats/byte, more than the learning rate does; at 3,000 steps the same points differ
+by 0.01-0.04 between seeds and width 32 beats width 16 by 0.22-0.25 (results/mup_bytes/seeds/). (The first
+version, 300 steps of 8 sequences, would have compared models on the plateau.)
 
 Learning rates are powers of 2: 2^-8 .. 2^-4 for the base width and for muP; for SP at the wider widths the
 grid moves down with Adam's 1 / width rule (32: 2^-9 .. 2^-5, 128: 2^-11 .. 2^-7). A second seed
 (`train.seed=1`: another init and data order) at the middle three points of each grid (two at width 128, whose
-runs cost most). 38 runs; estimated from experiments/results/step_overhead (a step costs its tokens: ~1.4,
-~2 and ~9.5 ms per sequence at widths 16, 32, 128, plus ~15 s of start-up per run) at about 55 minutes on the
-2-core machine. A pilot of its widths 16 and 32 (experiments/results/mup_bytes/pilot/) found 1,000 steps too
-few: the runs are still leaving the plateau when they end, and a second seed moves a loss by up to 0.47
-nats/byte, more than the learning rate does; run it longer (>= 3,000 steps) before reading a muP result off it.
+runs cost most). 38 runs. Measured at 3,000 steps: ~50 s a run at width 16, ~65 s at 32; width 128 estimated
+at ~6 min a run from experiments/results/step_overhead/, so about 1 h 45 min on the 2-core machine, more than
+the issue's hour: not run in full yet.
 """
 
 import os
@@ -45,12 +44,12 @@ COMMON = {
     "data.dir": "data/shakespeare_bytes",
     "train.seq_len": 128,
     "train.batch_size": 16,
-    "train.num_steps": 1000,
+    "train.num_steps": 3000,
     "train.log_every": 50,
     "train.eval_every": 0,
     "train.eval_batches": 32,  # x 16 sequences: 512 windows
     "train.compile_cache": "",
-    "optim.warmup_steps": 50,
+    "optim.warmup_steps": 150,
     "optim.b2": 0.99,
     "optim.weight_decay": 0.1,
     "checkpoint.every": 0,
