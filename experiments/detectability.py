@@ -7,11 +7,11 @@
 The question of OpenAI's GPT-2 release report (Solaiman et al. 2019, section "Detecting synthetic text"), asked
 of the models trained here: every finished run under --root is a generator (a stable WSD parent, cut before its
 cooldown, is left out); by default the five sizes of experiments/specs/detect_ladder.py, trained on the same
-1.6M bytes of Shakespeare so that the larger is the better, as GPT-2's sizes were on WebText. Human text: --n windows of the val split (the held-out tail), each --prompt_len bytes of prompt and
-the --new bytes that follow. Machine text: each generator's continuation of the same prompts, --new bytes,
-by pure sampling (temperature 1) and by top-k for each k in --top_k (default 40, the release report's setting,
-and 5: 40 of 257 bytes truncates almost nothing, 40 of GPT-2's 50,257 tokens a great deal); sample i is drawn
-with PRNGKey(seed + i).
+3.2M bytes of Shakespeare so that the larger is the better, as GPT-2's sizes were on WebText. Human text: --n
+windows of the val split (the held-out tail), each --prompt_len bytes of prompt and the --new bytes that follow.
+Machine text: each generator's continuation of the same prompts, --new bytes, by pure sampling (temperature 1)
+and by top-k for each k in --top_k (default 40, the release report's setting, and 5: 40 of 257 bytes truncates
+almost nothing, 40 of GPT-2's 50,257 tokens a great deal); sample i is drawn with PRNGKey(seed + i).
 
 Detectors (gpt2jax/detect.py, each over the continuation's bytes only, conditioned on the prompt): the zero-shot
 scores log_likelihood, log_rank, entropy and fast_detectgpt, scored twice: by a fixed model (--scorer: the
@@ -25,8 +25,8 @@ The watermark (gpt2jax/watermark.py, Kirchenbauer et al. 2023, gamma 0.25, conte
 samples the same prompts with delta in --deltas; reported per delta: z of the continuation's first L bytes for
 L in --lengths (median), the fraction with z > 4 at the full length, the false-positive rate of z > 4 on the
 human continuations (with the same key), and the perplexity cost: the fixed scorer's mean log-loss of the
-continuation (nats/byte) against delta 0. The null: the human texts' z under --null_keys other keys, counting every (previous, current)
-byte pair and each pair once.
+continuation (nats/byte) against delta 0. The null: the human texts' z under --null_keys other keys, counting
+every (previous, current) byte pair and each pair once.
 
 Writes detectability.csv (one row per generator, setting, scorer and detector), watermark.csv,
 detectability.json (everything, with the command and the host CPU) and two plots: auroc_vs_size.png and
@@ -45,7 +45,7 @@ import time
 import numpy as np
 from absl import flags
 
-from gpt2jax.errors import DetectionError
+from gpt2jax.errors import AnalysisError, DetectionError
 
 DETECTORS = ("log_likelihood", "log_rank", "entropy", "fast_detectgpt")
 SIGN = {"log_likelihood": 1.0, "log_rank": -1.0, "entropy": -1.0, "fast_detectgpt": 1.0}  # higher = machine
@@ -117,8 +117,6 @@ def generators(root: str) -> list[dict]:
     parents = {r.get("branch_of") for r in rows}
     rows = [r for r in rows if r["status"] == "finished" and r["name"] not in parents]
     if not rows:
-        from gpt2jax.errors import AnalysisError
-
         raise AnalysisError(f"--root={root}: no finished runs (other than cooldown parents) to use as generators")
     rows.sort(key=lambda r: (r["params"], r.get("budget_flops") or 0))
     return [{"name": r["name"], "workdir": os.path.join(root, r["name"]), "params": int(r["params"]),
@@ -320,7 +318,8 @@ def main(argv, fv):
         for scorer in ("fixed", "self"):
             sel = [r for r in result["rows"] if r["setting"] == setting and r["scorer"] == scorer]
             best = max(sel, key=lambda r: r["auroc"])
-            print(f"{setting}, {scorer} scorer: best AUROC {best['auroc']:.3f} ({best['detector']}, {best['generator']})")
+            print(f"{setting}, {scorer} scorer: best AUROC {best['auroc']:.3f} "
+                  f"({best['detector']}, {best['generator']})")
             for g in result["generators"]:
                 sep = max((r for r in sel if r["generator"] == g["name"]), key=lambda r: r["separability"])
                 print(f"  {g['name']} ({g['params']:,} params): best separability {sep['separability']:.3f} "

@@ -9,7 +9,8 @@ IsoFLOP sweep's shapes, experiments/specs/chinchilla_cpu.py) and batch size:
     times it);
   * loop_s: the training loop's time per step (gpt2jax.train.train over --steps steps with no eval, no
     checkpoint and one log row at the end, so its own hooks cost nothing), from the step after compilation to
-    the next-to-last step (the run's final val loss and save left out): the data loader, the host-to-device copy, dispatch and the step.
+    the next-to-last step (the run's final val loss and save left out): the data loader, the host-to-device
+    copy, dispatch and the step.
 Then per shape a line step_s = a + b x batch through the batches (least squares): `a` is the part of a step
 that does not grow with the batch (dispatch, the optimizer update over the parameters, XLA's per-op cost),
 `b x batch` the part that does. Reported per (shape, batch): FLOPs per step (6 N D + attention, gpt2jax.metrics),

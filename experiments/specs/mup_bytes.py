@@ -31,7 +31,9 @@ _transfer = spec_module(os.path.join(os.path.dirname(__file__), "mup_transfer.py
 
 BASE = 16
 WIDTHS = (32, 128)
-SP_GRID = {32: (-9, -5), 128: (-11, -7)}
+SP_GRID = {32: (-9, -5), 128: (-11, -7)}  # SP's grid per wide width (exponents of 2)
+# The second seed's points (exponents of 2), muP and SP: the middle of each grid, two at width 128
+SEED1 = {32: ((-7, -5), (-8, -6)), 128: ((-7, -6), (-10, -9))}
 COMMON = {
     "model.n_layer": 2,
     "model.n_head": 2,
@@ -71,9 +73,8 @@ def get_sweep():
     runs = lr_runs(f"base-w{BASE}", BASE, "sp", _pow2(-8, -4)) + lr_runs(f"s1-base-w{BASE}", BASE, "sp",
                                                                           _pow2(-7, -5), seed1)
     for w in WIDTHS:
-        lo, hi = SP_GRID[w]
-        s_mup, s_sp = (_pow2(-7, -5), _pow2(lo + 1, hi - 1)) if w < 128 else (_pow2(-7, -6), _pow2(lo + 1, lo + 2))
-        runs += lr_runs(f"mup-w{w}", w, "mup", _pow2(-8, -4)) + lr_runs(f"sp-w{w}", w, "sp", _pow2(lo, hi))
-        runs += lr_runs(f"s1-mup-w{w}", w, "mup", s_mup, seed1)
-        runs += lr_runs(f"s1-sp-w{w}", w, "sp", s_sp, seed1)
+        (m_lo, m_hi), (s_lo, s_hi) = SEED1[w]
+        runs += lr_runs(f"mup-w{w}", w, "mup", _pow2(-8, -4)) + lr_runs(f"sp-w{w}", w, "sp", _pow2(*SP_GRID[w]))
+        runs += lr_runs(f"s1-mup-w{w}", w, "mup", _pow2(m_lo, m_hi), seed1)
+        runs += lr_runs(f"s1-sp-w{w}", w, "sp", _pow2(s_lo, s_hi), seed1)
     return Sweep(runs=runs, name="mup_bytes")
