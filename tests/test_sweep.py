@@ -209,13 +209,14 @@ def test_dry_run_slurm_sbatch_file(tmp_path, capsys):
     root = tmp_path / "r"
     assert sweep_cli.run_sweep(spec, str(root), "slurm", dry_run=True) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1] == f"$ sbatch {root / 'sweep.sbatch'}"
+    assert out.splitlines()[-1] == f"$ sbatch --parsable {root / 'sweep.sbatch'}"
     script = slurm.sbatch_script(resolve.plan(resolve.load_spec(spec), spec), resolve.load_spec(spec).slurm, str(root), "two")
     assert script in out
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
     for opt in ["--job-name=two", "--array=0-1", "--partition=gpu", "--nodes=2", "--ntasks-per-node=8",
-                "--gpus-per-node=8", "--cpus-per-task=4", "--time=01:00:00", f"--output={root}/slurm-%A_%a.out"]:
+                "--gpus-per-node=8", "--cpus-per-task=4", "--time=01:00:00", f"--output={root}/slurm-%A_%a.out",
+                "--signal=TERM@120"]:
         assert f"#SBATCH {opt}" in lines
     assert "cd /shared/gpt2jax" in lines and "source .venv/bin/activate" in lines
     for i, name in enumerate(("t-seed0", "t-seed1")):
@@ -265,8 +266,9 @@ def test_dry_run_slurm_branches_wait_for_their_parents(tmp_path, capsys):
 
 
 def test_slurm_submits_the_branches_after_the_parents_job(tmp_path, monkeypatch, capsys):
-    """A real submission with a stand-in sbatch: the first array with --parsable, its job id (before
-    ';cluster') in the second's --dependency=afterok; without branches, one plain `sbatch FILE`."""
+    """A submission with a stand-in sbatch: the first array with --parsable, its job id (before ';cluster')
+    in the second's --dependency=afterok, each job recorded with its runs in ROOT/slurm_jobs.json; without
+    branches, one array. (tests/test_slurm.py submits to a real one-node cluster.)"""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
@@ -282,13 +284,16 @@ def test_slurm_submits_the_branches_after_the_parents_job(tmp_path, monkeypatch,
         f"--parsable {root / 'sweep.sbatch'}",
         f"--parsable --dependency=afterok:4242 {root / 'sweep-branches.sbatch'}"]
     out = capsys.readouterr().out
-    assert f"submitted {root / 'sweep.sbatch'}: job 4242" in out and "job 4243 (after the job before it succeeds)" in out
+    assert f"submitted {root / 'sweep.sbatch'}: job 4242, array tasks 0-1 = {PARENT}, t-seed0" in out
+    assert f"job 4243, array tasks 0-1 = {B1}, {B2} (after the job before it succeeds)" in out
     assert (root / "sweep-branches.sbatch").read_text().startswith("#!/bin/bash")
+    jobs = slurm.read_jobs(str(root))
+    assert [(j["job"], j["runs"]) for j in jobs] == [("4242", [PARENT, "t-seed0"]), ("4243", [B1, B2])]
 
     calls.unlink()
     plain = write_spec(tmp_path, TWO_RUNS, name="plain.py")
     assert sweep_cli.run_sweep(plain, str(tmp_path / "p"), "slurm") == 0
-    assert calls.read_text().splitlines() == [str(tmp_path / "p" / "sweep.sbatch")]
+    assert calls.read_text().splitlines() == [f"--parsable {tmp_path / 'p' / 'sweep.sbatch'}"]
     assert not (tmp_path / "p" / "sweep-branches.sbatch").exists()
 
     with pytest.raises(SweepError, match="sbatch --parsable printed 'Submitted batch job 7', not a job id"):

@@ -80,7 +80,10 @@ class Slurm:
     repo_dir: str = CHECKOUT  # where the project (and .venv) are on the cluster's shared filesystem
     setup: str = "source .venv/bin/activate"  # run in repo_dir before srun
     data_dir: str = ""  # '' = each run's config data.dir
-    extra_sbatch: tuple = ()  # further '#SBATCH' options, e.g. ('--qos=high',)
+    extra_sbatch: tuple = ()  # further '#SBATCH' options, e.g. ('--qos=high',) or ('--requeue',)
+    # SIGTERM this many seconds before the time limit (#SBATCH --signal=TERM@N): the run saves and exits.
+    # scancel and preemption send SIGTERM at once and SIGKILL the cluster's KillWait seconds later.
+    signal_grace_s: int = 120
 
 
 @dataclasses.dataclass
