@@ -109,7 +109,9 @@ class ParamSpec:
         return self.std
 
     def lr_scale(self, cfg: ModelConfig) -> float:
-        return 1.0 / cfg.width_mult if cfg.mup and self.mup == "hidden" else 1.0
+        if not cfg.mup:
+            return 1.0
+        return 1.0 / cfg.width_mult if self.mup == "hidden" else cfg.mup_vector_lr
 
 
 def _kernel(shape, axes, std=0.02):
@@ -179,8 +181,9 @@ def attention_params(cfg: ModelConfig) -> dict:
 
 def attention_scale(cfg: ModelConfig) -> float | None:
     """Score scale: 1/sqrt(K) (None = jax's default); under muP sqrt(K0)/K with K0 the head size at the
-    base width (attention ~ 1/d_head, TP5 section 6; equal to 1/sqrt(K) at the base width)."""
-    if not cfg.mup:
+    base width (attention ~ 1/d_head, TP5 section 6; equal to 1/sqrt(K) at the base width), unless
+    mup_attention='sqrt' keeps SP's 1/sqrt(K) (an ablation)."""
+    if not cfg.mup or cfg.mup_attention == "sqrt":
         return None
     k0 = cfg.mup_base_width / cfg.n_head
     return math.sqrt(k0) / cfg.head_dim

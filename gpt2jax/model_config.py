@@ -23,6 +23,7 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
 MLPS = ("gelu", "swiglu")
 PARAMETRIZATIONS = ("sp", "mup")
+MUP_ATTENTIONS = ("inverse", "sqrt")
 
 MUP_DEFAULT_BASE_WIDTH = 256  # the width at which muP equals SP (the quickstart's width)
 
@@ -43,6 +44,10 @@ def _unit_interval(v) -> str:
 
 def _boolean(v) -> str:
     return "" if isinstance(v, bool) else f"must be True or False, got {v!r}"
+
+
+def _positive_float(v) -> str:
+    return "" if isinstance(v, (int, float)) and v > 0 and math.isfinite(v) else f"must be a finite number > 0, got {v!r}"
 
 
 def _above_one(v) -> str:
@@ -98,6 +103,12 @@ class ModelConfig:
     mup_base_width: int = _field(
         MUP_DEFAULT_BASE_WIDTH, "muP's base width: at n_embd == this, muP equals SP", _positive_int
     )
+    mup_attention: str = _choice(
+        "inverse", "muP's score scale: 'inverse' sqrt(K0)/K (TP5) | 'sqrt' 1/sqrt(K) (SP's, for ablations)",
+        MUP_ATTENTIONS)
+    mup_vector_lr: float = _field(
+        1.0, "muP: the learning-rate multiplier of the non-hidden parameters (embeddings, norm gains, biases), "
+        "a base hyperparameter (TP5 tunes such multipliers at the base width)", _positive_float)
 
     @classmethod
     def of(cls, cfg) -> "ModelConfig":

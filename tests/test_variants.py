@@ -213,6 +213,14 @@ def test_mup_scales_with_width():
 
     assert output_multiplier(m) == base / 64
     assert attention_scale(m) == pytest.approx(math.sqrt(base / m.n_head) / m.head_dim)
+    # The ablation switches: SP's score scale, and a multiplier on the non-hidden groups' learning rates
+    m2 = ModelConfig.of(tiny_config(model__parametrization="mup", model__mup_base_width=base,
+                                    model__mup_attention="sqrt", model__mup_vector_lr=0.25).model)
+    assert attention_scale(m2) is None  # jax's default, 1/sqrt(K)
+    s2 = lr_scales(m2)
+    assert s2["wte"] == s2["h"]["ln_1"]["scale"] == s2["h"]["mlp"]["c_fc"]["bias"] == 0.25
+    assert s2["h"]["attn"]["c_attn"]["kernel"] == base / 64
+    assert set(jax.tree.leaves(lr_scales(ModelConfig.of(tiny_config(model__mup_vector_lr=0.25).model)))) == {1.0}
     assert attention_scale(sp) is None
 
 
@@ -255,7 +263,8 @@ def test_hf_export_refuses_what_gpt2lmheadmodel_cannot_hold(variant, tmp_path):
 
 def test_variant_fields_are_validated():
     for field, bad in (("norm", "batchnorm"), ("position", "alibi"), ("mlp", "relu"), ("parametrization", "ntk"),
-                       ("rope_base", 0.5), ("mup_base_width", 0)):
+                       ("rope_base", 0.5), ("mup_base_width", 0), ("mup_attention", "linear"),
+                       ("mup_vector_lr", 0.0)):
         c = tiny_config(**{f"model__{field}": bad})
         with pytest.raises(config_lib.ConfigError, match=f"config.model.{field}"):
             config_lib.validate(c)

@@ -1,0 +1,26 @@
+"""Why muP's width-128 model of experiments/specs/mup_bytes.py trails SP's: the two suspects TP5 names, one at a
+time, at muP's transferred optimum (lr 2^-5, the base width's best), each run otherwise that spec's.
+
+- `attn-sqrt`: SP's score scale 1/sqrt(K) instead of muP's sqrt(K0)/K (at width 128, K = 64 and K0 = 8, so
+  muP's scores are 2.8x smaller: a flatter attention, which the model must learn its way out of);
+- `vec-q`: the non-hidden groups (the tied embedding, norm gains, biases) at a quarter of the learning rate
+  (under muP they keep the base width's 2^-5 at every width, 16x what SP's width-128 optimum gives them),
+  at width 128 and, to see what it costs where it is tuned, at the base width 16.
+
+    gpt2jax-sweep experiments/specs/mup_bytes_ablate.py --root=runs/mup_bytes_ablate
+"""
+
+import os
+
+from gpt2jax.scaling import Sweep, spec_module
+
+_bytes = spec_module(os.path.join(os.path.dirname(__file__), "mup_bytes.py"))
+LR = 2.0**-5
+
+
+def get_sweep():
+    c = _bytes.COMMON
+    runs = _bytes.lr_runs("attn-sqrt-mup-w128", 128, "mup", [LR], {**c, "model.mup_attention": "sqrt"})
+    runs += _bytes.lr_runs("vec-q-mup-w128", 128, "mup", [LR], {**c, "model.mup_vector_lr": 0.25})
+    runs += _bytes.lr_runs("vec-q-mup-w16", 16, "mup", [LR], {**c, "model.mup_vector_lr": 0.25})
+    return Sweep(runs=runs, name="mup_bytes_ablate")
