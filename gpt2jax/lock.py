@@ -73,6 +73,17 @@ def describe_holder(holder: dict) -> str:
     return f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {when}"
 
 
+def live_holder(directory: str) -> dict | None:
+    """The writer holding `directory`'s lock while it is alive, as its lock file says (host, pid, started,
+    command, heartbeat), plus `here`: True when it runs on this host (its pid is alive), False when on
+    another host (this host cannot see its pid: alive while its heartbeat is fresh). None when there is
+    no lock, or a stale one (its pid dead here, or its heartbeat older than STALE_AFTER_S)."""
+    holder = _read(os.path.join(directory, LOCK_NAME))
+    if not holder or _stale_reason(holder, time.time(), STALE_AFTER_S) is not None:
+        return None
+    return {**holder, "here": holder.get("host") == socket.gethostname()}
+
+
 class WorkdirLock:
     """Exclusive writer lock on one or more directories (all taken, or none)."""
 

@@ -24,6 +24,7 @@ write also goes to Weights & Biases (gpt2jax/wandb_log.py).
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import signal
@@ -58,27 +59,62 @@ def train(config, workdir: str, *, progress: bool = True, hooks=()) -> dict:
     """Train (or resume) a run in `workdir`: the default hooks (log, eval, zero-shot tasks, checkpoint,
     profile) and then `hooks` after each step. Returns a summary: final step, val loss, timing.
     One writer per workdir: the run holds gpt2jax.lock's lock on it (and on checkpoint.dir)."""
-    import jax
+    with StartupStop() as early:  # Ctrl-C while the run starts: acted on once the start is over
+        import jax
 
-    from gpt2jax.training.loop import Loop
-    from gpt2jax.training.records import resolve_vocab
+        from gpt2jax.training.loop import Loop
+        from gpt2jax.training.records import resolve_vocab
 
-    resolve_vocab(config)
-    config_lib.validate(config)  # once: Loop and its Trainer take the config as validated
-    is_main = jax.process_index() == 0
-    # Every output location is checked (and made) before anything else; a start that fails before its
-    # first step takes away again the directories it made (nothing new is left behind).
-    created = make_output_dirs(config, workdir) if is_main else []
-    dirs = [os.path.expanduser(workdir), config.checkpoint.dir or os.path.expanduser(workdir)]
-    loop = None
-    try:
-        with WorkdirLock(dirs, enabled=is_main):
-            loop = Loop(config, workdir, progress)
-            return _run(loop, hooks)
-    except BaseException:
-        if loop is None:
-            remove_empty_dirs(created)
-        raise
+        resolve_vocab(config)
+        config_lib.validate(config)  # once: Loop and its Trainer take the config as validated
+        is_main = jax.process_index() == 0
+        early.check()
+        # Every output location is checked (and made) before anything else; a start that fails before its
+        # first step takes away again the directories it made (nothing new is left behind).
+        created = make_output_dirs(config, workdir) if is_main else []
+        dirs = [os.path.expanduser(workdir), config.checkpoint.dir or os.path.expanduser(workdir)]
+        loop = None
+        try:
+            with WorkdirLock(dirs, enabled=is_main):
+                early.check()
+                loop = Loop(config, workdir, progress)
+                return _run(loop, hooks, early)
+        except BaseException:
+            if loop is None:
+                remove_empty_dirs(created)
+            raise
+
+
+class StartupStop:
+    """SIGINT while a run starts (imports, data, compilation) only sets a flag, and `check()` raises
+    KeyboardInterrupt from there: a KeyboardInterrupt raised anywhere in JAX's start-up can be swallowed
+    (a gc callback's "Exception ignored") and the run go on, or leave a traceback. Once the loop runs,
+    its StopFlag takes over (Ctrl-C saves and stops). Main thread only; elsewhere it does nothing."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def __enter__(self):
+        def handler(_signum, _frame):
+            self.requested = True
+
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("interrupted while the run started (nothing trained, nothing to save)")
+
+    def release(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def make_output_dirs(config, workdir: str) -> list[str]:
@@ -101,7 +137,7 @@ def make_output_dirs(config, workdir: str) -> list[str]:
     return created
 
 
-def _run(loop, hooks) -> dict:
+def _run(loop, hooks, early=None) -> dict:
     """The loop of a started run: a step, then its hooks, until the end or a stop."""
     from gpt2jax.training.hooks import default_hooks, profile
     from gpt2jax.training.loop import StopFlag, closing_on_error
@@ -110,6 +146,10 @@ def _run(loop, hooks) -> dict:
     # Several processes: SIGTERM is left to JAX's preemption service and every process stops at the
     # same step through Orbax's preemption sync point (a local signal flag could stop them apart).
     signals = () if loop.multi_process else (signal.SIGTERM, signal.SIGINT)
+    if early is not None:
+        with closing_on_error(loop.ckpt, loop.writer, loop.bar):
+            early.check()  # a Ctrl-C during the compilation: stop before the first step
+        early.release()  # from here on, the loop's StopFlag (several processes: KeyboardInterrupt)
     with StopFlag(signals) as loop.stop, closing_on_error(loop.ckpt, loop.writer, loop.bar):
         all_hooks = default_hooks(config) + list(hooks)
         if config.train.profile_start == loop.step:
@@ -135,15 +175,24 @@ def main(argv, fv):
     if not fv.workdir:
         raise app.UsageError("--workdir is empty: give the run's directory")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
-    from gpt2jax import distributed
+    with StartupStop() as early:
+        from gpt2jax import distributed
 
-    # Several processes (TPU slice workers, SLURM tasks, or the flags below): join them first.
-    if distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id):
-        print(distributed.describe(), flush=True)
+        # Several processes (TPU slice workers, SLURM tasks, or the flags below): join them first.
+        if distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id):
+            print(distributed.describe(), flush=True)
+        early.check()
+    atexit.unregister(_ignore_sigint)  # once, however often main runs in one process
+    atexit.register(_ignore_sigint)  # after JAX's clean-up was registered: runs before it
     summary = train(fv.config, fv.workdir)
     if summary["val_loss"] is not None:
         bpb = "" if summary["val_bpb"] is None else f" ({summary['val_bpb']:.4f} bits/byte)"
         print(f"final val_loss {summary['val_loss']:.4f} at step {summary['step']}{bpb}", flush=True)
+
+
+def _ignore_sigint() -> None:
+    """At exit: a late Ctrl-C (the run is over) must not break JAX's clean-up with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def define_flags(fv) -> None:

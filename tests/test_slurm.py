@@ -95,6 +95,11 @@ def test_slurm_sweep_equals_the_local_one(tmp_path, env, shakespeare_dir, xla_ca
     assert states[BRANCH] == f"PENDING ({second}_0)" and states[PARENT].split()[0] in ("PENDING", "RUNNING")
     with pytest.raises(SweepError, match="still queued or running"):  # no second copy while it runs
         sweep_cli.run_sweep(spec, str(root), "slurm", sets=common, progress=False)
+    capsys.readouterr()
+    assert sweep_cli.run_sweep(spec, str(root), "slurm", sets=common, status=True, as_json=True) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[BRANCH]["scheduler"] == f"PENDING ({second}_0)" and rows[BRANCH]["detail"].startswith("queued")
+    assert rows[BRANCH]["state"] == "not started"
 
     local = tmp_path / "local"  # the same spec on this machine, while the cluster trains
     assert sweep_cli.run_sweep(spec, str(local), "local", sets=common, progress=False) == 0
@@ -104,6 +109,10 @@ def test_slurm_sweep_equals_the_local_one(tmp_path, env, shakespeare_dir, xla_ca
         assert got == want and len(got) >= 2, (name, got, want)
     for task in (f"{first}_0", f"{first}_1", f"{second}_0"):
         assert (root / f"slurm-{task}.out").exists()
+    capsys.readouterr()
+    assert sweep_cli.run_sweep(spec, str(root), "slurm", sets=common, status=True, as_json=True) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["state"], r["scheduler"].split()[0]) for r in rows] == [("finished", "COMPLETED")] * 3
 
     from gpt2jax.scaling import table  # what gpt2jax-analyze --root reads
 

@@ -434,19 +434,6 @@ def test_local_sweep_records_skips_and_resumes(tmp_path, shakespeare_dir, xla_ca
     assert [log_starts(n) for n in ("a", "b")] == [2, 1]
 
 
-def test_local_sweep_reports_a_failing_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XLA_FLAGS", "")
-    spec = write_spec(tmp_path, "def get_sweep():\n    return Sweep(runs=[Run('a', 'configs/tiny.py', "
-                                "{'train.num_steps': 2}), Run('b', 'configs/tiny.py')])\n")
-    root = tmp_path / "r"
-    # A data directory that does not exist: the child fails at once, before compiling.
-    rc = sweep_cli.run_sweep(spec, str(root), "local", sets=[f"data.dir={tmp_path / 'missing'}"], progress=False)
-    assert rc == 1
-    err = capsys.readouterr().err
-    assert f"error: run a failed (exit code 1); its log: {root / 'a' / 'train.log'}" in err
-    assert not (root / "b" / "train.log").exists()  # stopped at the first failure
-
-
 def test_ctrl_c_is_passed_to_the_run_which_saves(tmp_path, shakespeare_dir, xla_cache):
     spec = write_spec(tmp_path, "def get_sweep():\n    return Sweep(runs=[Run('long', 'configs/tiny.py', "
                                 "{'train.num_steps': 100000, 'checkpoint.every': 0, 'train.eval_every': 0, "

@@ -7,6 +7,7 @@ Every external command is printed before it runs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -28,6 +29,57 @@ def write_records(planned: list, root: str, spec_path: str) -> None:
     atomic_write_json(os.path.join(root, "sweep.json"), {"spec": spec_path, "runs": [p.record for p in planned]})
     for p in planned:
         atomic_write_json(os.path.join(root, p.name, "sweep_run.json"), p.record)
+
+
+# What a run's config may change over an existing root, the run continuing from its checkpoints (as a
+# resume of a single run may): the steps it trains to, how often it logs, evaluates and saves (and how
+# many checkpoints it keeps), and where the XLA cache is. None of these changes the trained weights'
+# trajectory up to the checkpoint; every other field does (model, optimizer, data, batch, seed, ...) or
+# may (checkpoint.dir, mesh): another experiment, in another --root.
+MAY_CHANGE = ("train.num_steps", "train.stop_after", "train.log_every", "train.eval_every", "train.eval_batches",
+              "train.compile_cache", "checkpoint.every", "checkpoint.keep", "checkpoint.keep_every",
+              "checkpoint.steps")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_changes(saved: dict, config) -> list:
+    """'field: old -> new' for each field of `config` that differs from `saved` (a run.json's config)
+    but those in MAY_CHANGE. model.vocab_size 0 (the data's, set by train) matches any."""
+    from gpt2jax import config as config_lib
+
+    try:  # fields added to the schema after the run was written compare at their defaults
+        saved = config_lib.to_dict(config_lib.from_dict(saved))
+    except config_lib.ConfigError:
+        pass
+    old, new = _flat(saved), _flat(config_lib.to_dict(config))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new | old
+            if k not in MAY_CHANGE and old.get(k) != new.get(k) and not (k == "model.vocab_size" and new.get(k) == 0)]
+
+
+def refuse_changed(planned: list, root: str) -> None:
+    """A SweepError naming every run of `planned` already trained in `root` (a checkpoint, and the
+    run.json train wrote) with another config than the spec's now, and the fields that differ."""
+    bad = []
+    for p in planned:
+        wd = os.path.join(root, p.name)
+        try:
+            with open(os.path.join(wd, "run.json")) as f:
+                saved = json.load(f)["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        changes = config_changes(saved, p.config) if latest_step(p, wd) is not None else []
+        if changes:
+            bad.append(f"{p.name} ({'; '.join(changes)})")
+    if bad:
+        raise SweepError(f"the spec changed runs already trained in {root}: " + ", ".join(bad)
+                         + f". Nothing was written. Give the changed sweep a new --root (a run may change only "
+                         + ", ".join(MAY_CHANGE) + " and continue)")
 
 
 def _cli_value(v) -> str:

@@ -104,7 +104,7 @@ def parse_job_id(stdout: str) -> str:
     return job
 
 
-def launch_slurm(planned: list, slurm: Slurm, root: str, name: str, dry_run: bool) -> int:
+def launch_slurm(planned: list, slurm: Slurm, root: str, name: str, dry_run: bool, spec: str = "SPEC") -> int:
     jobs = slurm_jobs(planned, slurm, root, name)
     depth = branch_depths(planned)
 
@@ -128,15 +128,16 @@ def launch_slurm(planned: list, slurm: Slurm, root: str, name: str, dry_run: boo
                          "save on SIGTERM) and submit again")
     for path, text in jobs:
         _write(path, text)
-    prev = None
+    prev, ids = None, []
     for i, (path, _) in enumerate(jobs):
         prev = parse_job_id(run_cmd(submit_cmd(i, prev), capture=True).stdout)
+        ids.append(prev)
         names = [p.name for p in planned if depth[p.name] == i]
         _record_job(root, prev, path, names)
         print(f"submitted {path}: job {prev}, array tasks 0-{len(names) - 1} = {', '.join(names)}"
               + (" (after the job before it succeeds)" if i else ""), flush=True)
-    print(f"follow it with  squeue --jobs={prev}  or  gpt2jax-sweep SPEC --root={root} --launcher=slurm --status",
-          flush=True)
+    print(f"follow it with  squeue --array --jobs={','.join(ids)}  or  gpt2jax-sweep {spec} --root={root} "
+          "--launcher=slurm --status", flush=True)
     return 0
 
 
@@ -189,7 +190,8 @@ def _task_states(jobs: list) -> dict:
         task, _, state = line.partition("|")
         if "_" in task and "[" not in task:
             states[task.strip()] = state.split()[0] if state.split() else state
-    for line in _query(["squeue", "--noheader", "--array", f"--jobs={ids}", "--format=%i %T"]).splitlines():
+    for line in _query(["squeue", "--noheader", "--array", "--states=all", f"--jobs={ids}",
+                        "--format=%i %T"]).splitlines():
         parts = line.split()
         if len(parts) == 2 and "[" not in parts[0]:
             states[parts[0]] = parts[1]
