@@ -23,6 +23,13 @@ def shakespeare_dir(tmp_path_factory):
     return out
 
 
+def write_spec(tmp_path, body: str, name: str = "spec.py") -> str:
+    """A sweep spec file in tmp_path: `from gpt2jax.scaling import *` and then body."""
+    path = tmp_path / name
+    path.write_text("from gpt2jax.scaling import *\n\n" + body)
+    return str(path)
+
+
 def tiny_config(data_dir=None, cache_dir="", **overrides):
     """configs/tiny.py (2 layers x 64, 2 heads, context 32) -- the one tiny config of the tests -- with
     data.dir / train.compile_cache set and overrides as `section__key=value` (a bare key is in `train`)."""

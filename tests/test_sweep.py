@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from conftest import write_spec
 
 from gpt2jax import sweep as sweep_cli
 from gpt2jax.errors import SweepError
@@ -21,12 +22,6 @@ from gpt2jax.model import num_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/tiny.py"
-
-
-def write_spec(tmp_path, body: str, name: str = "spec.py") -> str:
-    path = tmp_path / name
-    path.write_text("from gpt2jax.scaling import *\n\n" + body)
-    return str(path)
 
 
 TWO_RUNS = """

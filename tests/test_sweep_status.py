@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from conftest import write_spec
 
 from gpt2jax import cli
 from gpt2jax import sweep as sweep_cli
@@ -23,12 +24,6 @@ from gpt2jax.scaling import spec as spec_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/tiny.py"
-
-
-def write_spec(tmp_path, body: str, name: str = "spec.py") -> str:
-    path = tmp_path / name
-    path.write_text("from gpt2jax.scaling import *\n\n" + body)
-    return str(path)
 
 
 def snapshot(root) -> dict:
