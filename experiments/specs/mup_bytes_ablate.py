@@ -5,7 +5,10 @@ time, at muP's transferred optimum (lr 2^-5, the base width's best), each run ot
   muP's scores are 2.8x smaller: a flatter attention, which the model must learn its way out of);
 - `vec-q`: the non-hidden groups (the tied embedding, norm gains, biases) at a quarter of the learning rate
   (under muP they keep the base width's 2^-5 at every width, 16x what SP's width-128 optimum gives them),
-  at width 128 and, to see what it costs where it is tuned, at the base width 16.
+  at width 128 and, to see what it costs where it is tuned, at the base width 16;
+- `untied`: a separate LM head (model.tie_embeddings=False), muP at lr 2^-5 and SP at its width-128 optimum
+  2^-8: with the head tied, muP's logit multiplier 1/8 at width 128 makes the one matrix serve as an input
+  embedding at scale 1 and as a readout that must grow 8x to give the same logits.
 
     gpt2jax-sweep experiments/specs/mup_bytes_ablate.py --root=runs/mup_bytes_ablate
 """
@@ -23,4 +26,7 @@ def get_sweep():
     runs = _bytes.lr_runs("attn-sqrt-mup-w128", 128, "mup", [LR], {**c, "model.mup_attention": "sqrt"})
     runs += _bytes.lr_runs("vec-q-mup-w128", 128, "mup", [LR], {**c, "model.mup_vector_lr": 0.25})
     runs += _bytes.lr_runs("vec-q-mup-w16", 16, "mup", [LR], {**c, "model.mup_vector_lr": 0.25})
+    untied = {**c, "model.tie_embeddings": False}
+    runs += _bytes.lr_runs("untied-mup-w128", 128, "mup", [LR], untied)
+    runs += _bytes.lr_runs("untied-sp-w128", 128, "sp", [2.0**-8], untied)
     return Sweep(runs=runs, name="mup_bytes_ablate")
