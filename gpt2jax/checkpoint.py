@@ -84,6 +84,9 @@ def _disk_full(e: BaseException) -> bool:
     return False
 
 
+_READER_TRIES = 5  # a reader of a live run retries this often when the writer removes the step it read
+
+
 class Checkpointer:
     """Saves and restores training state in WORKDIR/checkpoints."""
 
@@ -108,9 +111,18 @@ class Checkpointer:
                 enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
             )
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=(PARAMS, OPT_STATE, META)
-        )
+        for attempt in range(_READER_TRIES if read_only else 1):
+            try:
+                self.manager = ocp.CheckpointManager(
+                    self.directory, options=options, item_names=(PARAMS, OPT_STATE, META)
+                )
+                break
+            except FileNotFoundError:
+                # A reader of a live run lists the step directories while the writer's clean-up removes
+                # one (only `keep` are kept): list them again.
+                if attempt == _READER_TRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -205,14 +217,20 @@ class Checkpointer:
         the new latest is read instead. A failure on a step that is still there and still the latest raises."""
         if step is not None:
             return read(self._step(step))
-        for attempt in range(5):
-            s = self._step(None)
+        for attempt in range(_READER_TRIES):
+            s = None
             try:
+                s = self._step(None)
                 return read(s)
             except Exception:
-                self.manager.reload()
-                still_latest = (self.directory / str(s)).exists() and self.latest_step() == s
-                if attempt == 4 or still_latest:
+                if attempt == _READER_TRIES - 1:
+                    raise
+                try:  # listing the steps again can itself meet a step being removed
+                    self.manager.reload()
+                except FileNotFoundError:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                if s is not None and (self.directory / str(s)).exists() and self.latest_step() == s:
                     raise
 
     def _step(self, step):

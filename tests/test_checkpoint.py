@@ -8,6 +8,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from gpt2jax import checkpoint as ckpt_lib
@@ -99,6 +100,42 @@ def test_reader_of_a_live_run_reads_the_new_latest_when_its_step_is_cleaned_up(t
     reader.manager.reload()
     with pytest.raises(ckpt_lib.CorruptCheckpointError, match="/4"):
         reader.pinned(None, lambda step: reader.restore(step, abstract))
+
+
+def test_reader_lists_the_steps_again_when_one_vanishes_while_listed(tmp_path, monkeypatch):
+    """Orbax reads each step directory's metadata while listing them (opening a manager, reload); the
+    writer's clean-up can remove one in between, and the listing raises FileNotFoundError naming it (seen
+    as `sample` failing on a live run). Opening a reader and pinned's reload list again instead."""
+    writer = ckpt_lib.Checkpointer(tmp_path, keep=2, async_save=False)
+    for s in (1, 2):
+        writer.save(s, {"w": jnp.full((4,), float(s))}, None, {"step": s}, force=True)
+    writer.close()
+    real = ocp.CheckpointManager._load_checkpoint_infos
+    fails = {"left": 0}
+
+    def flaky(self, *a, **k):
+        if fails["left"]:
+            fails["left"] -= 1
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "checkpoints" / "1"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "_load_checkpoint_infos", flaky)
+    fails["left"] = 2  # the first two listings meet a vanishing step
+    reader = ckpt_lib.Checkpointer(tmp_path, read_only=True)
+    assert reader.all_steps() == [1, 2]
+    calls = []
+
+    def read(step):
+        calls.append(step)
+        if len(calls) == 1:
+            fails["left"] = 1  # pinned's reload after this failure meets one too
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "checkpoints" / str(step)))
+        return ckpt_lib.Checkpointer(tmp_path, read_only=True).read_meta(step)
+
+    assert reader.pinned(None, read)["step"] == 2 and calls == [2, 2]
+    fails["left"] = ckpt_lib._READER_TRIES  # a directory that never lists is still an error
+    with pytest.raises(FileNotFoundError):
+        ckpt_lib.Checkpointer(tmp_path, read_only=True)
 
 
 # -- restore onto another mesh --------------------------------------------------------------------
