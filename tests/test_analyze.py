@@ -152,7 +152,7 @@ def test_chinchilla_skips_what_the_data_cannot_support():
 # ---------------------------------------------------------------------------------------------
 # Run directories in the formats gpt2jax.train and gpt2jax-sweep writes
 def _write_run(root, name, n_layer, n_embd, steps, val_losses, train_losses=None, budget=None,
-               lr=1e-3, run_json=True, sweep_json=True):
+               lr=1e-3, run_json=True, sweep_json=True, tokenizer=None):
     from gpt2jax import config as config_lib
     from gpt2jax import metrics as metrics_lib
     from gpt2jax import model as model_lib
@@ -169,7 +169,8 @@ def _write_run(root, name, n_layer, n_embd, steps, val_losses, train_losses=None
         (d / "run.json").write_text(json.dumps({
             "config": config_lib.to_dict(c), "git_commit": None, "versions": {}, "devices": {},
             "params": params, "params_non_embedding": params_ne,
-            "flops_per_token": metrics_lib.flops_per_token(c.model, 32), "command": []}))
+            "flops_per_token": metrics_lib.flops_per_token(c.model, 32), "command": [],
+            **({"tokenizer": tokenizer} if tokenizer else {})}))
     if sweep_json:
         (d / "sweep_run.json").write_text(json.dumps({
             "name": name, "config": "configs/tiny.py", "overrides": {"model.n_embd": n_embd},
@@ -228,6 +229,23 @@ def test_collect_root_writes_runs_csv(tmp_path):
     assert "skipped" in f["isoflop"] and "skipped" in f["power_law_n"]
     for png in ("loss_vs_params.png", "loss_vs_compute.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_unit_follows_the_runs_tokenizer(tmp_path):
+    """Plots label the loss nats/byte when every run read bytes (run.json's tokenizer record), nats/token
+    otherwise or when a run has no record, and bits/byte for the bpb metric."""
+    from gpt2jax.scaling import plots
+
+    root = tmp_path / "sweep"
+    byte_rec = {"name": "bytes", "hash": "x", "vocab_size": 257, "eot": 256}
+    _write_run(root, "b1", 2, 64, 40, [(40, 2.0)], tokenizer=byte_rec)
+    _write_run(root, "b2", 2, 96, 40, [(40, 1.9)], tokenizer=byte_rec)
+    runs = table.collect(str(root))
+    assert {r["tokenizer"] for r in runs} == {"bytes"}
+    assert plots._unit(runs) == "nats/byte"
+    assert plots._unit(runs, {"convention": {"metric": "bpb"}}) == "bits/byte"
+    _write_run(root, "gpt2", 2, 32, 40, [(40, 4.0)])  # no record: GPT-2's BPE
+    assert plots._unit(table.collect(str(root))) == "nats/token"
 
 
 def test_isoflop_sweep_end_to_end_and_planner(tmp_path):

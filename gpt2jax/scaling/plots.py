@@ -46,6 +46,15 @@ def _token_groups(done):
     return groups
 
 
+def _unit(runs, fits=None) -> str:
+    """The loss's unit: bits per byte for the bpb metric; nats per byte when every run read bytes (the byte
+    tokenizer), else nats per token."""
+    if ((fits or {}).get("convention") or {}).get("metric") == "bpb":
+        return "bits/byte"
+    names = {r.get("tokenizer") for r in runs}
+    return "nats/byte" if names == {"bytes"} else "nats/token"
+
+
 def _fmt_e(x: float) -> str:
     m, e = f"{x:.2e}".split("e")
     return f"{m}e{int(e)}"
@@ -81,7 +90,7 @@ def _loss_vs_params(done, fits, out_dir):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("non-embedding parameters N" if col == "params_non_embedding" else "parameters N (all)")
-        ax.set_ylabel("final validation loss (nats/token)")
+        ax.set_ylabel(f"final validation loss ({_unit(done, fits)})")
         ax.set_title(title, fontsize=11)
         ax.grid(True, which="both", alpha=0.25)
     # Kaplan panel: the power law
@@ -187,7 +196,7 @@ def _loss_vs_compute(runs, done, fits, out_dir):
     ax.set_yscale("log")
     basis = "tokens x FLOPs per token" if all(r.get("flops") for r in done) else "6 N D"
     ax.set_xlabel(f"training compute C (FLOPs, {basis})")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(f"loss ({_unit(done, fits)})")
     ax.set_title("Loss against compute", fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
     _loss_ticks(ax)
@@ -195,7 +204,7 @@ def _loss_vs_compute(runs, done, fits, out_dir):
     return _save(fig, out_dir, "loss_vs_compute.png")
 
 
-def _isoflop(fits, out_dir):
+def _isoflop(fits, out_dir, done=()):
     iso = fits.get("isoflop") or {}
     per = [p for p in iso.get("per_budget", [])]
     if not per:
@@ -221,7 +230,7 @@ def _isoflop(fits, out_dir):
                    label="minimum not bracketed (best size ringed)")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N (all)")
-    ax.set_ylabel("final validation loss (nats/token)")
+    ax.set_ylabel(f"final validation loss ({_unit(done, fits)})")
     ax.set_title("IsoFLOP profiles (parabola in log N)", fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
@@ -298,7 +307,7 @@ def draw_all(runs, fits, out_dir) -> list[str]:
     if not done:
         return []
     out = [_loss_vs_params(done, fits, out_dir), _loss_vs_compute(runs, done, fits, out_dir)]
-    for f in (_isoflop(fits, out_dir), _residuals(done, fits, out_dir)):
+    for f in (_isoflop(fits, out_dir, done), _residuals(done, fits, out_dir)):
         if f:
             out.append(f)
     return out
@@ -314,7 +323,7 @@ def plot_lr(fit: dict, out_dir: str) -> str:
     ax.plot(xs, [fits_lib.lr_at(fit, x) for x in xs], "k--",
             label=f"lr_opt = {fit['k']:.3g} N^-{fit['x']:.3f} [{fit['ci95']['x'][0]:.3f}, {fit['ci95']['x'][1]:.3f}]")
     ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="optimal learning rate",
-           title="learning-rate fit (x: optimum at a grid edge, left out)")
+           title="learning-rate fit\n(x: optimum at a grid edge, left out of the fit)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, "lr_opt_vs_params.png")

@@ -113,6 +113,8 @@ def read_run(run_dir: str) -> dict:
     if not isinstance(config, dict):
         raise AnalysisError(f"{run_path}: missing 'config' (the run's full config)")
     rec["fields"] = _flatten(config)
+    tok = info.get("tokenizer")
+    rec["tokenizer"] = tok.get("name") if isinstance(tok, dict) else None  # 'bytes': a token is a byte
     rec["flops_per_token"] = _num(info.get("flops_per_token"), run_path, "flops_per_token")
     try:
         batch = int(config["train"]["batch_size"])
