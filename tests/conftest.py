@@ -51,3 +51,29 @@ def tiny_config(data_dir=None, cache_dir="", **overrides):
 @pytest.fixture(name="tiny_config")
 def tiny_config_fixture():
     return tiny_config
+
+
+# -- scheduling over the 2 workers of `pytest -n 2 --dist loadfile` -------------------------------------
+# xdist hands out whole files, one at a time, to whichever worker runs low; by default it queues them by
+# their number of tests, so a slow file with few tests (test_variants: 9 tests, ~6 min) could start last and
+# leave one worker idle for minutes. Queued instead longest first (the greedy longest-processing-time
+# rule), the last files to start are the short ones. Seconds per file, both workers busy, 2-core AMD EPYC,
+# 2026-12-05 (`--durations`); files not listed are short and keep their place after these.
+FILE_SECONDS = {
+    "test_variants.py": 350, "test_sharding.py": 196, "test_faults.py": 175, "test_coord_check.py": 164,
+    "test_misuse2.py": 155, "test_gpu_check.py": 150, "test_misuse.py": 138, "test_train.py": 123,
+    "test_slurm.py": 100, "test_checkpoint.py": 95, "test_sweep.py": 89, "test_multihost.py": 80,
+    "test_quickstart.py": 75, "test_losses.py": 73, "test_bench.py": 71, "test_branch.py": 70,
+    "test_lm_eval.py": 69, "test_house.py": 59, "test_watermark.py": 56, "test_eval.py": 44,
+    "test_run_tokenizer.py": 43, "test_wandb_log.py": 43, "test_model.py": 32,
+}
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order collection gives
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {id(it): i for i, it in enumerate(items)}
+    items.sort(key=lambda it: (-FILE_SECONDS.get(pathlib.Path(str(it.fspath)).name, 0), order[id(it)]))
