@@ -8,9 +8,12 @@ time, at muP's transferred optimum (lr 2^-5, the base width's best), each run ot
   at width 128 and, to see what it costs where it is tuned, at the base width 16;
 - `untied`: a separate LM head (model.tie_embeddings=False), muP at lr 2^-5 and SP at its width-128 optimum
   2^-8: with the head tied, muP's logit multiplier 1/8 at width 128 makes the one matrix serve as an input
-  embedding at scale 1 and as a readout that must grow 8x to give the same logits.
+  embedding at scale 1 and as a readout that must grow 8x to give the same logits;
+- `vec-x2`, `vec-x4`: the same groups at 2x and 4x the learning rate, at widths 16, 32 and 128 (the first runs
+  showed lr / 4 costs 0.14 at width 128 and nothing at 16, so the direction to try is up).
 
     gpt2jax-sweep experiments/specs/mup_bytes_ablate.py --root=runs/mup_bytes_ablate
+    python -m experiments.lr_transfer --root=runs/mup_bytes_ablate ...   (see experiments/results/mup_bytes/README.md)
 """
 
 import os
@@ -29,4 +32,7 @@ def get_sweep():
     untied = {**c, "model.tie_embeddings": False}
     runs += _bytes.lr_runs("untied-mup-w128", 128, "mup", [LR], untied)
     runs += _bytes.lr_runs("untied-sp-w128", 128, "sp", [2.0**-8], untied)
+    for mult in (2, 4):  # upward, where lr / 4 pointed: at every width, to see whether an optimum transfers
+        for w in (16, 32, 128):
+            runs += _bytes.lr_runs(f"vec-x{mult}-mup-w{w}", w, "mup", [LR], {**c, "model.mup_vector_lr": float(mult)})
     return Sweep(runs=runs, name="mup_bytes_ablate")
