@@ -3,7 +3,7 @@ Shakespeare as UTF-8 bytes (vocabulary 257, so the head is a few percent of each
 
     gpt2jax-prepare --source=shakespeare --split=tail --tokenizer=bytes --out_dir=data/shakespeare_bytes
     gpt2jax-sweep experiments/specs/chinchilla_cpu.py --root=runs/chinchilla_cpu
-    gpt2jax-analyze --root=runs/chinchilla_cpu --out=experiments/results/isoflop_cpu
+    gpt2jax-analyze --root=runs/chinchilla_cpu --out=experiments/results/isoflop_cpu/second_design
 
 What changed from the first attempt (experiments/specs/isoflop_cpu.py, whose minima all sat at the smallest
 shape; experiments/results/isoflop_cpu/first_attempt/): every run gets at least ~1,300 optimizer steps (the
