@@ -105,7 +105,7 @@ class ParamSpec:
 
     def init_std(self, cfg: ModelConfig) -> float:
         if cfg.mup and self.mup == "hidden":
-            return self.std / math.sqrt(cfg.width_mult)
+            return self.std * cfg.mup_hidden_init / math.sqrt(cfg.width_mult)
         return self.std
 
     def lr_scale(self, cfg: ModelConfig) -> float:
@@ -352,8 +352,10 @@ def head_weight(params, cfg) -> jax.Array:
 
 
 def output_multiplier(cfg) -> float:
-    """The logits' multiplier: 1 under SP, 1 / width_mult under muP (TP5 appendix, tied heads included)."""
-    return 1.0 / ModelConfig.of(cfg).width_mult
+    """The logits' multiplier: 1 under SP, mup_output_mult / width_mult under muP (TP5 appendix, tied heads
+    included; mup_output_mult is the base width's, 1 by default)."""
+    m = ModelConfig.of(cfg)
+    return m.mup_output_mult / m.width_mult if m.mup else 1.0
 
 
 def head_logits(params, x_BTD, cfg) -> jax.Array:

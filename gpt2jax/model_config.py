@@ -109,6 +109,12 @@ class ModelConfig:
     mup_vector_lr: float = _field(
         1.0, "muP: the learning-rate multiplier of the non-hidden parameters (embeddings, norm gains, biases), "
         "a base hyperparameter (TP5 tunes such multipliers at the base width)", _positive_float)
+    mup_output_mult: float = _field(
+        1.0, "muP: the logits' multiplier at the base width (TP5's output multiplier, a base hyperparameter); "
+        "the logits are multiplied by mup_output_mult / width_mult", _positive_float)
+    mup_hidden_init: float = _field(
+        1.0, "muP: the hidden matrices' init std multiplier at the base width (a base hyperparameter); their "
+        "std is mup_hidden_init x GPT-2's / sqrt(width_mult)", _positive_float)
 
     @classmethod
     def of(cls, cfg) -> "ModelConfig":

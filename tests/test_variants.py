@@ -222,6 +222,20 @@ def test_mup_scales_with_width():
     assert s2["h"]["attn"]["c_attn"]["kernel"] == base / 64
     assert set(jax.tree.leaves(lr_scales(ModelConfig.of(tiny_config(model__mup_vector_lr=0.25).model)))) == {1.0}
     assert attention_scale(sp) is None
+    # TP5's output multiplier, a base hyperparameter: the logits scale by it at every width; SP ignores it
+    m4 = ModelConfig.of(tiny_config(model__parametrization="mup", model__mup_base_width=base,
+                                    model__mup_output_mult=4.0).model)
+    assert output_multiplier(m4) == 4.0 * base / 64
+    assert output_multiplier(ModelConfig.of(tiny_config(model__mup_output_mult=4.0).model)) == 1.0
+    toks = jnp.asarray([[1, 5, 9, 2, 7]])
+    l1 = GPT2(m).apply({"params": p_mup}, toks)[..., : m.vocab_size]
+    l4 = GPT2(m4).apply({"params": p_mup}, toks)[..., : m.vocab_size]
+    np.testing.assert_allclose(l4, 4.0 * l1, rtol=1e-5, atol=1e-6)
+    # and the hidden matrices' init multiplier, another: it scales their std, nothing else
+    p3 = init_params(ModelConfig.of(tiny_config(model__parametrization="mup", model__mup_base_width=base,
+                                                model__mup_hidden_init=3.0).model), key)
+    np.testing.assert_allclose(p3["h"]["mlp"]["c_fc"]["kernel"], 3.0 * k_mup, rtol=1e-6)
+    np.testing.assert_array_equal(p3["wte"], p_mup["wte"])
 
 
 # -- conversion ------------------------------------------------------------------------------------
@@ -264,7 +278,7 @@ def test_hf_export_refuses_what_gpt2lmheadmodel_cannot_hold(variant, tmp_path):
 def test_variant_fields_are_validated():
     for field, bad in (("norm", "batchnorm"), ("position", "alibi"), ("mlp", "relu"), ("parametrization", "ntk"),
                        ("rope_base", 0.5), ("mup_base_width", 0), ("mup_attention", "linear"),
-                       ("mup_vector_lr", 0.0)):
+                       ("mup_vector_lr", 0.0), ("mup_output_mult", -1.0), ("mup_hidden_init", 0.0)):
         c = tiny_config(**{f"model__{field}": bad})
         with pytest.raises(config_lib.ConfigError, match=f"config.model.{field}"):
             config_lib.validate(c)
