@@ -4,8 +4,10 @@ the runs of a sweep such as experiments/specs/mup_transfer.py.
     python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
 
 Reads each run's sweep_run.json (tags `width`, `parametrization`; override `optim.lr`) and metrics.jsonl (last
-val_loss). Runs at muP's base width belong to both parametrizations (there muP is SP); runs that differ only in
-`train.seed` are averaged. Writes lr_transfer.csv and lr_transfer.png and prints, per curve, the grid's best
+val_loss), from one or more roots (`--root` repeated), keeping the runs whose name matches `--match` (a regular
+expression). Runs at muP's base width belong to both parametrizations (there muP is SP), unless
+`--nobase_is_sp` (a muP base model with tuned multipliers is not SP); runs that differ only in `train.seed` are
+averaged. Writes lr_transfer.csv and lr_transfer.png and prints, per curve, the grid's best
 learning rate and the optimum of a parabola (in log2 lr) through that point and its two neighbours, and how
 far (in grid steps, factors of 2) the wide model's optimum moved from the narrow one's by each measure.
 """
@@ -16,11 +18,14 @@ import csv
 import json
 import math
 import os
+import re
 
 
-def collect(root: str) -> list[dict]:
+def collect(root: str, match: str = "") -> list[dict]:
     rows = []
     for name in sorted(os.listdir(root)):
+        if match and not re.search(match, name):
+            continue
         rec, met = os.path.join(root, name, "sweep_run.json"), os.path.join(root, name, "metrics.jsonl")
         if not (os.path.exists(rec) and os.path.exists(met)):
             continue
@@ -38,8 +43,9 @@ def collect(root: str) -> list[dict]:
     return rows
 
 
-def curves(rows: list[dict]) -> dict:
-    """(parametrization, width) -> sorted [(lr, loss)]; base-width runs appear under every parametrization."""
+def curves(rows: list[dict], base_is_sp: bool = True) -> dict:
+    """(parametrization, width) -> sorted [(lr, loss)]; base-width runs appear under every parametrization
+    (only under their own with base_is_sp=False)."""
     widths = sorted({r["width"] for r in rows})
     params = sorted({r["parametrization"] for r in rows} | {"sp", "mup"})
     out = {}
@@ -47,7 +53,7 @@ def curves(rows: list[dict]) -> dict:
         for w in widths:
             by_lr: dict[float, list[float]] = {}
             for r in rows:
-                if r["width"] == w and (r["parametrization"] == p or w == widths[0]):
+                if r["width"] == w and (r["parametrization"] == p or (base_is_sp and w == widths[0])):
                     by_lr.setdefault(r["lr"], []).append(r["loss"])
             if by_lr:  # seeds averaged
                 out[(p, w)] = sorted((lr, sum(v) / len(v)) for lr, v in by_lr.items())
@@ -113,17 +119,23 @@ def main(argv, F):
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not os.path.isdir(F.root):
-        raise app.UsageError(f"--root={F.root} is not a directory")
-    rows = collect(F.root)
+    for root in F.root:
+        if not os.path.isdir(root):
+            raise app.UsageError(f"--root={root} is not a directory")
+    try:
+        re.compile(F.match)
+    except re.error as e:
+        raise app.UsageError(f"--match={F.match!r} is not a regular expression: {e}") from None
+    rows = [r for root in F.root for r in collect(root, F.match)]
     if not rows:
-        raise app.UsageError(f"no finished runs (sweep_run.json + a val_loss) under {F.root}")
+        raise app.UsageError(f"no finished runs (sweep_run.json + a val_loss) matching {F.match!r} under "
+                             f"{', '.join(F.root)}")
     os.makedirs(F.out, exist_ok=True)
     with open(os.path.join(F.out, "lr_transfer.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["name", "parametrization", "width", "lr", "seed", "loss"])
         w.writeheader()
         w.writerows(rows)
-    cs = curves(rows)
+    cs = curves(rows, F.base_is_sp)
     plot(cs, os.path.join(F.out, "lr_transfer.png"))
     widths = sorted({w for _, w in cs})
     for p in ("sp", "mup"):
@@ -142,7 +154,12 @@ def main(argv, F):
 def define_flags(fv):
     from absl import flags
 
-    flags.DEFINE_string("root", None, "Sweep root (gpt2jax-sweep ... --root).", required=True, flag_values=fv)
+    flags.DEFINE_multi_string("root", None, "Sweep root (gpt2jax-sweep ... --root); repeat for several.",
+                              required=True, flag_values=fv)
+    flags.DEFINE_string("match", "", "Keep only the runs whose name matches this regular expression.",
+                        flag_values=fv)
+    flags.DEFINE_boolean("base_is_sp", True, "The base width's runs belong to both parametrizations (muP is SP "
+                         "there); --nobase_is_sp where muP's base model has multipliers of its own.", flag_values=fv)
     flags.DEFINE_string("out", "experiments/results/mup", "Output directory.", flag_values=fv)
 
 

@@ -51,3 +51,36 @@ def test_collect_averages_seeds_and_shares_the_base_width(tmp_path, capsys):
     assert "sp: " in printed and "+2.00 grid steps" in printed
     assert (out / "lr_transfer.png").stat().st_size > 10_000
     assert (out / "lr_transfer.csv").read_text().count("\n") == 21
+
+
+def test_several_roots_a_name_filter_and_a_base_model_of_its_own(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for k in range(-8, -3):
+        _run(a, f"base-w16-{k}", 16, "sp", 2.0**k, (k + 6) ** 2 + 5.0)
+        _run(a, f"sp-w128-{k}", 128, "sp", 2.0**k, (k + 8) ** 2 + 4.0)
+        _run(b, f"tuned-mup-w16-{k}", 16, "mup", 2.0**k, (k + 5) ** 2 + 4.9)
+        _run(b, f"tuned-mup-w128-{k}", 128, "mup", 2.0**k, (k + 5) ** 2 + 3.9)
+        _run(b, f"other-mup-w128-{k}", 128, "mup", 2.0**k, 0.0)  # filtered out by --match
+    rows = lt.collect(str(a), "^(base|sp)-") + lt.collect(str(b), "^tuned-")
+    assert len(rows) == 20
+    cs = lt.curves(rows, base_is_sp=False)  # the tuned muP base is not SP: width 16 kept apart
+    assert dict(cs[("sp", 16)])[2.0**-6] == 5.0 and dict(cs[("mup", 16)])[2.0**-5] == 4.9
+    assert lt.curves(rows)[("sp", 16)] != cs[("sp", 16)]  # the default would mix the two base models
+    from absl import flags
+
+    fv = flags.FlagValues()
+    lt.define_flags(fv)
+    fv(["prog", f"--root={a}", f"--root={b}", "--match=^(base|sp|tuned)-", "--nobase_is_sp",
+        f"--out={tmp_path / 'out'}"])
+    lt.main(["prog"], fv)
+    printed = capsys.readouterr().out
+    assert "mup: best lr at width 16 = 0.03125" in printed and "+0.00 grid steps" in printed
+    assert "sp: best lr at width 16 = 0.015625" in printed and "-2.00 grid steps" in printed
+    fv2 = flags.FlagValues()
+    lt.define_flags(fv2)
+    fv2(["prog", f"--root={a}", "--match=(", f"--out={tmp_path / 'out2'}"])
+    from absl import app
+
+    with pytest.raises(app.UsageError, match="not a regular expression"):
+        lt.main(["prog"], fv2)
