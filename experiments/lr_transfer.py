@@ -4,7 +4,7 @@ the runs of a sweep such as experiments/specs/mup_transfer.py.
     python -m experiments.lr_transfer --root=runs/mup_transfer --out=experiments/results/mup
 
 Reads each run's sweep_run.json (tags `width`, `parametrization`; override `optim.lr`) and metrics.jsonl (last
-val_loss), from one or more roots (`--root` repeated), keeping the runs whose name matches `--match` (a regular
+val_loss), from one or more roots (`--root` repeated) and committed lr_transfer.csv files (`--csv`), keeping the runs whose name matches `--match` (a regular
 expression). Runs at muP's base width belong to both parametrizations (there muP is SP), unless
 `--nobase_is_sp` (a muP base model with tuned multipliers is not SP); runs that differ only in `train.seed` are
 averaged. Writes lr_transfer.csv and lr_transfer.png and prints, per curve, the grid's best
@@ -40,6 +40,22 @@ def collect(root: str, match: str = "") -> list[dict]:
         rows.append({"name": name, "width": int(tags["width"]), "parametrization": tags["parametrization"],
                      "lr": float(r["overrides"]["optim.lr"]), "seed": int(r["overrides"].get("train.seed", 0)),
                      "loss": float(losses[-1])})
+    return rows
+
+
+def read_csv(path: str, match: str = "") -> list[dict]:
+    """The rows of an lr_transfer.csv this tool wrote (a committed study whose run directories are gone)."""
+    need = {"name", "parametrization", "width", "lr", "seed", "loss"}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not need <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: needs the columns {sorted(need)}, has {reader.fieldnames}")
+        rows = []
+        for r in reader:
+            if match and not re.search(match, r["name"]):
+                continue
+            rows.append({"name": r["name"], "width": int(r["width"]), "parametrization": r["parametrization"],
+                         "lr": float(r["lr"]), "seed": int(r["seed"]), "loss": float(r["loss"])})
     return rows
 
 
@@ -107,7 +123,7 @@ def plot(cs: dict, path: str) -> None:
                      + "\n* grid optimum, dotted: parabola optimum", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    axes[0][0].set_ylabel("final val loss (nats/token)")
+    axes[0][0].set_ylabel("final val loss (nats per token; per byte on bytes)")
     lo = min(v for pts in cs.values() for _, v in pts if math.isfinite(v))
     axes[0][0].set_ylim(lo - 0.1, lo + 1.5)
     fig.tight_layout()
@@ -119,17 +135,29 @@ def main(argv, F):
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    for root in F.root:
+    roots, csvs = F.root or [], F.csv or []
+    if not roots and not csvs:
+        raise app.UsageError("give --root (a sweep root) or --csv (an lr_transfer.csv), or both")
+    for root in roots:
         if not os.path.isdir(root):
             raise app.UsageError(f"--root={root} is not a directory")
     try:
         re.compile(F.match)
     except re.error as e:
         raise app.UsageError(f"--match={F.match!r} is not a regular expression: {e}") from None
-    rows = [r for root in F.root for r in collect(root, F.match)]
+    rows = [r for root in roots for r in collect(root, F.match)]
+    for path in csvs:
+        try:
+            rows += read_csv(path, F.match)
+        except (OSError, ValueError, KeyError) as e:
+            raise app.UsageError(f"--csv={path}: {e}") from None
+    names = [r["name"] for r in rows]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise app.UsageError(f"runs named twice across the sources: {', '.join(dup[:5])}")
     if not rows:
         raise app.UsageError(f"no finished runs (sweep_run.json + a val_loss) matching {F.match!r} under "
-                             f"{', '.join(F.root)}")
+                             f"{', '.join(roots + csvs)}")
     os.makedirs(F.out, exist_ok=True)
     with open(os.path.join(F.out, "lr_transfer.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["name", "parametrization", "width", "lr", "seed", "loss"])
@@ -148,6 +176,13 @@ def main(argv, F):
         print(f"{p}: best lr at width {widths[0]} = {b0[0]:g} (loss {b0[1]:.4f}); at width {widths[-1]} = "
               f"{b1[0]:g} (loss {b1[1]:.4f}): {shift:+d} grid step(s); parabola optima {f0:.3g} and "
               f"{f1:.3g}: {math.log2(f1 / f0):+.2f} grid steps{edge}")
+    for (p, w), pts in sorted(cs.items()):  # every width against the base width's parabola optimum
+        b, (f, inside) = best(pts), fitted_best(pts)
+        rel = ""
+        if (p, widths[0]) in cs:
+            rel = f"; {math.log2(f / fitted_best(cs[(p, widths[0])])[0]):+.2f} grid steps from width {widths[0]}'s"
+        print(f"  {p} width {w}: grid best lr {b[0]:g} (loss {b[1]:.4f}), parabola optimum 2^{math.log2(f):.2f}"
+              f"{'' if inside else ' (grid edge)'}{rel}")
     print(f"wrote {F.out}/lr_transfer.csv and lr_transfer.png")
 
 
@@ -155,7 +190,9 @@ def define_flags(fv):
     from absl import flags
 
     flags.DEFINE_multi_string("root", None, "Sweep root (gpt2jax-sweep ... --root); repeat for several.",
-                              required=True, flag_values=fv)
+                              flag_values=fv)
+    flags.DEFINE_multi_string("csv", None, "An lr_transfer.csv this tool wrote (a committed study whose runs "
+                              "are gone); repeat for several; combined with --root.", flag_values=fv)
     flags.DEFINE_string("match", "", "Keep only the runs whose name matches this regular expression.",
                         flag_values=fv)
     flags.DEFINE_boolean("base_is_sp", True, "The base width's runs belong to both parametrizations (muP is SP "

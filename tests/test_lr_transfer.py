@@ -84,3 +84,41 @@ def test_several_roots_a_name_filter_and_a_base_model_of_its_own(tmp_path, capsy
 
     with pytest.raises(app.UsageError, match="not a regular expression"):
         lt.main(["prog"], fv2)
+
+
+def test_a_committed_csv_stands_in_for_gone_runs(tmp_path, capsys):
+    from absl import app, flags
+
+    a = tmp_path / "a"
+    a.mkdir()
+    for k in range(-8, -3):
+        _run(a, f"sp-w16-{k}", 16, "sp", 2.0**k, (k + 6) ** 2 + 5.0)
+        _run(a, f"sp-w64-{k}", 64, "sp", 2.0**k, (k + 7) ** 2 + 4.5)
+        _run(a, f"mup-w64-{k}", 64, "mup", 2.0**k, (k + 6.25) ** 2 + 4.0)
+
+    def run(*args):
+        fv = flags.FlagValues()
+        lt.define_flags(fv)
+        fv(["prog", *args])
+        lt.main(["prog"], fv)
+        return capsys.readouterr().out
+
+    first = run(f"--root={a}", f"--out={tmp_path / 'first'}")
+    # the runs are gone; the csv the first call wrote gives the same curves, and combines with a root
+    again = run(f"--csv={tmp_path / 'first' / 'lr_transfer.csv'}", f"--out={tmp_path / 'again'}")
+    assert again.replace("again", "first") == first
+    assert "mup width 64: grid best lr 0.015625 (loss 4.0625), parabola optimum 2^-6.25" in first
+    assert "-0.25 grid steps from width 16's" in first
+    b = tmp_path / "b"
+    b.mkdir()
+    _run(b, "sp-w32-x", 32, "sp", 2.0**-6, 4.7)
+    both = run(f"--csv={tmp_path / 'first' / 'lr_transfer.csv'}", f"--root={b}", "--match=^sp-",
+               f"--out={tmp_path / 'both'}")
+    assert "sp width 32: grid best lr 0.015625 (loss 4.7000)" in both and "mup width 64" not in both
+    with pytest.raises(app.UsageError, match="named twice"):
+        run(f"--csv={tmp_path / 'first' / 'lr_transfer.csv'}", f"--root={a}", f"--out={tmp_path / 'x'}")
+    (tmp_path / "bad.csv").write_text("name,loss\nx,1.0\n")
+    with pytest.raises(app.UsageError, match="needs the columns"):
+        run(f"--csv={tmp_path / 'bad.csv'}", f"--out={tmp_path / 'x'}")
+    with pytest.raises(app.UsageError, match="give --root"):
+        run(f"--out={tmp_path / 'x'}")
