@@ -11,10 +11,12 @@ grids cut to what the three criteria need, so that the whole study fits in an ho
 
 Every run as in mup_bytes.py (3,000 steps of 16 x 128 bytes, 2 layers, 2 heads, tied embeddings, cosine to
 lr / 10 after 150 warmup steps, AdamW beta2 0.99, weight decay 0.1, fp32). Widths 16, 32 and 128 (8x).
-SP: four learning rates around each width's optimum (Adam's 1 / width rule moves them down with the width),
-muP: 2^-6, 2^-5 and 2^-4 at every width (the base width's optimum and its neighbours). A second seed
-(`train.seed=1`) at each curve's expected optimum (the grid best of the first study). At width 16 muP is not
-SP here (its init differs), so both are run there and lr_transfer takes `--nobase_is_sp`. 27 runs.
+SP: three or four learning rates around each width's optimum (Adam's 1 / width rule moves them down with the
+width) and a second seed (`train.seed=1`) at one point near it; muP: 2^-6, 2^-5 and 2^-4 at every width (the
+base width's optimum and its neighbours), each with seeds 0 and 1, so that every muP curve is seed-averaged at
+all three points its parabola goes through (a second seed at the middle point only would compare a two-seed
+mean with single seeds beside it). At width 16 muP is not SP here (its init differs), so both are run there
+and lr_transfer takes `--nobase_is_sp`. 31 runs.
 """
 
 import os
@@ -23,8 +25,8 @@ from gpt2jax.scaling import Sweep, spec_module
 
 _bytes = spec_module(os.path.join(os.path.dirname(__file__), "mup_bytes.py"))
 HIDDEN_INIT = 8**0.5
-SP = {16: ((-7, -4), -5), 32: ((-8, -5), -6), 128: ((-10, -7), -9)}  # width -> (grid exponents, seed-1 point)
-MUP = ((-6, -4), -5)
+SP = {16: ((-7, -4), -5), 32: ((-7, -5), -6), 128: ((-9, -7), -9)}  # width -> (grid exponents, seed-1 point)
+MUP = (-6, -4)  # every width, seeds 0 and 1 at each point
 
 
 def get_sweep():
@@ -35,8 +37,7 @@ def get_sweep():
         name = "base-w16" if w == 16 else f"sp-w{w}"
         runs += _bytes.lr_runs(name, w, "sp", _bytes._pow2(lo, hi))
         runs += _bytes.lr_runs(f"s1-{name}", w, "sp", [2.0**s1], {**c, "train.seed": 1})
-    (lo, hi), s1 = MUP
     for w in SP:
-        runs += _bytes.lr_runs(f"tuned-mup-w{w}", w, "mup", _bytes._pow2(lo, hi), tuned)
-        runs += _bytes.lr_runs(f"s1-tuned-mup-w{w}", w, "mup", [2.0**s1], {**tuned, "train.seed": 1})
+        runs += _bytes.lr_runs(f"tuned-mup-w{w}", w, "mup", _bytes._pow2(*MUP), tuned)
+        runs += _bytes.lr_runs(f"s1-tuned-mup-w{w}", w, "mup", _bytes._pow2(*MUP), {**tuned, "train.seed": 1})
     return Sweep(runs=runs, name="mup_bytes_tuned")
