@@ -24,7 +24,8 @@ time, at muP's transferred optimum (lr 2^-5, the base width's best), each run ot
   seeds 1 and 2 at 2^-5 at widths 16, 32 and 128 (the first round put width 128 level with SP's best);
 - `init-grid`: the hidden init multiplier tuned where TP5 tunes base hyperparameters, at the base width: 1, 2,
   sqrt(8), 4 and sqrt(32) at width 16, lr 2^-5, seeds 0, 1 and 2 (the runs that exist under other names, x1's
-  seeds 0 and 1 in the main sweep and x sqrt(8)'s three seeds above, are not repeated);
+  seeds 0 and 1 in the main sweep and x sqrt(8)'s three seeds above, are not repeated); then the grid's best,
+  x4, at width 128 (seeds 0, 1 and 2), to see whether the base width's pick carries to the widest;
 - `seed2`, `seed3`: more seeds at the two optima of width 128 (SP at 2^-8, seeds 1 and 2, and at 2^-9, seed 2;
   muP at 2^-5, seeds 2 and 3), so that the comparison of the two bests rests on three or four seeds a point.
 
@@ -70,4 +71,7 @@ def get_sweep():
         for seed in seeds:
             runs += _bytes.lr_runs(f"init-grid-x{mult:.3g}-s{seed}-mup-w16", 16, "mup", [LR],
                                    {**c, "model.mup_hidden_init": float(mult), "train.seed": seed})
+    for seed in (0, 1, 2):
+        runs += _bytes.lr_runs(f"init-grid-x4-s{seed}-mup-w128", 128, "mup", [LR],
+                               {**c, "model.mup_hidden_init": 4.0, "train.seed": seed})
     return Sweep(runs=runs, name="mup_bytes_ablate")
