@@ -14,8 +14,9 @@ ignored, and `lm_head.weight`, if present, must equal `wte.weight` unless config
 `tie_word_embeddings: false` (then it is imported as an untied head, model.tie_embeddings=False).
 
 Export writes what GPT2LMHeadModel holds exactly: the default model, an untied head (lm_head.weight,
-tie_word_embeddings false) and bias=False (as zero biases). Other variants (rmsnorm, rope or no positions,
-swiglu, qk_norm, parallel_block, mup) are refused by name, and so is a run whose tokenizer is not GPT-2's
+tie_word_embeddings false), bias=False (as zero biases) and zero_init_proj=True (an initialisation only: the
+trained network is GPT-2's). Other variants (rmsnorm, rope or no positions, swiglu or relu2, qk_norm,
+parallel_block, a logit_softcap, mup) are refused by name, and so is a run whose tokenizer is not GPT-2's
 (bytes, a trained BPE): the directory's tokenizer files (vocab.json, merges.txt) hold GPT-2's BPE only.
 The name map is checked against the model's derived parameter shapes (`_check_map`), so a parameter the
 map does not cover is an error, not a gap.
@@ -231,13 +232,13 @@ def _check_map(m) -> dict:
     mc, gpt2 = ModelConfig.of(m), ModelConfig()  # the defaults are GPT-2
     unsupported = [
         f"model.{f}={getattr(mc, f)!r}"
-        for f in ("norm", "position", "mlp", "qk_norm", "parallel_block", "parametrization")
+        for f in ("norm", "position", "mlp", "qk_norm", "parallel_block", "logit_softcap", "parametrization")
         if getattr(mc, f) != getattr(gpt2, f)
     ]
     if unsupported:
         raise ConversionError(
             "GPT2LMHeadModel cannot hold this model exactly: " + ", ".join(unsupported)
-            + " (only the default GPT-2, tie_embeddings=False and bias=False convert)"
+            + " (only the default GPT-2, tie_embeddings=False, bias=False and zero_init_proj=True convert)"
         )
     ours, hf = param_shapes(mc), hf_shapes(mc)
     mapped = {("h",) + path for _, path in LAYER_MAP} | {path for _, path in TOP_MAP} | {("wte",), ("lm_head",)}

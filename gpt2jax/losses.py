@@ -31,17 +31,22 @@ the block before are masked the same way, so no copy of w is ever padded.
 
 Numerics: the logits are accumulated in fp32 (preferred_element_type) whatever h's dtype; the
 softmax and the loss are fp32.
+
+Soft-capped logits (model.logit_softcap = C > 0): both take `softcap=C` and form each block's or chunk's
+logits as C tanh(h w^T / C) before the softmax (padded columns masked after the cap); their gradients carry
+the cap's slope 1 - tanh^2. With softcap=0 (the default) the code is the uncapped one, unchanged.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
 from gpt2jax import sharding as shd
-from gpt2jax.model import head_weight, output_multiplier
+from gpt2jax.model import head_weight, output_multiplier, softcap as _softcap
 
 DEFAULT_BLOCK = 2048
 
@@ -64,27 +69,37 @@ def _num_blocks(V: int, block: int) -> int:
     return -(-V // block)
 
 
-def _block_logits(h_ND, w_VD, i, *, block: int, vocab_size: int):
-    """fp32 logits of vocabulary block i, [N, block], with padded and already-covered columns at
-    -inf, and the block's start row."""
+def _capped(s, softcap: float):
+    """(softcap * tanh(s / softcap), its slope d/ds) for softcap > 0; (s, None) for 0."""
+    if not softcap:
+        return s, None
+    c = _softcap(s, softcap)
+    return c, 1.0 - jnp.square(c / softcap)
+
+
+def _block_logits(h_ND, w_VD, i, *, block: int, vocab_size: int, softcap: float = 0.0):
+    """fp32 logits of vocabulary block i, [N, block] (soft-capped when softcap > 0), with padded and
+    already-covered columns at -inf, the block's start row, the valid columns and the cap's slope
+    (None without a cap)."""
     V = w_VD.shape[0]
     start = jnp.minimum(i * block, V - block)
     w_blk = jax.lax.dynamic_slice_in_dim(w_VD, start, block, axis=0).astype(h_ND.dtype)
     s = jax.lax.dot_general(
         h_ND, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
     )
+    s, slope = _capped(s, softcap)
     col = start + jnp.arange(block)
     valid = (col >= i * block) & (col < vocab_size)
-    return jnp.where(valid[None, :], s, -jnp.inf), start, valid
+    return jnp.where(valid[None, :], s, -jnp.inf), start, valid, slope
 
 
-def _lse(h_ND, w_VD, vocab_size: int, block: int):
+def _lse(h_ND, w_VD, vocab_size: int, block: int, softcap: float = 0.0):
     N = h_ND.shape[0]
     V = w_VD.shape[0]
 
     def body(i, carry):
         m, l = carry
-        s, _, _ = _block_logits(h_ND, w_VD, i, block=block, vocab_size=vocab_size)
+        s, _, _, _ = _block_logits(h_ND, w_VD, i, block=block, vocab_size=vocab_size, softcap=softcap)
         m_new = jnp.maximum(m, s.max(axis=-1))
         l = l * jnp.exp(m - m_new) + jnp.exp(s - m_new[:, None]).sum(axis=-1)
         return m_new, l
@@ -94,22 +109,23 @@ def _lse(h_ND, w_VD, vocab_size: int, block: int):
     return m + jnp.log(l)
 
 
-def _target_logit(h_ND, w_VD, t_N):
+def _target_logit(h_ND, w_VD, t_N, softcap: float = 0.0):
+    """The targets' logits [N] (soft-capped when softcap > 0) and the cap's slope there (None without)."""
     w_t = jnp.take(w_VD, t_N, axis=0).astype(h_ND.dtype)
-    return jnp.einsum("nd,nd->n", h_ND, w_t, preferred_element_type=jnp.float32)
+    return _capped(jnp.einsum("nd,nd->n", h_ND, w_t, preferred_element_type=jnp.float32), softcap)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _nll(h_ND, w_VD, t_N, vocab_size: int, block: int):
-    return _lse(h_ND, w_VD, vocab_size, block) - _target_logit(h_ND, w_VD, t_N)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _nll(h_ND, w_VD, t_N, vocab_size: int, block: int, softcap: float):
+    return _lse(h_ND, w_VD, vocab_size, block, softcap) - _target_logit(h_ND, w_VD, t_N, softcap)[0]
 
 
-def _nll_fwd(h_ND, w_VD, t_N, vocab_size, block):
-    lse = _lse(h_ND, w_VD, vocab_size, block)
-    return lse - _target_logit(h_ND, w_VD, t_N), (h_ND, w_VD, t_N, lse)
+def _nll_fwd(h_ND, w_VD, t_N, vocab_size, block, softcap):
+    lse = _lse(h_ND, w_VD, vocab_size, block, softcap)
+    return lse - _target_logit(h_ND, w_VD, t_N, softcap)[0], (h_ND, w_VD, t_N, lse)
 
 
-def _nll_bwd(vocab_size, block, res, g_N):
+def _nll_bwd(vocab_size, block, softcap, res, g_N):
     h_ND, w_VD, t_N, lse = res
     V, D = w_VD.shape
     g_N = g_N.astype(jnp.float32)
@@ -117,8 +133,10 @@ def _nll_bwd(vocab_size, block, res, g_N):
 
     def body(i, carry):
         dh, dw = carry
-        s, start, valid = _block_logits(h_ND, w_VD, i, block=block, vocab_size=vocab_size)
+        s, start, valid, slope = _block_logits(h_ND, w_VD, i, block=block, vocab_size=vocab_size, softcap=softcap)
         p = jnp.exp(s - lse[:, None]) * g_N[:, None]  # exactly 0 on masked columns
+        if slope is not None:  # through the cap: d/d(raw logit)
+            p = p * slope
         w_blk = jax.lax.dynamic_slice_in_dim(w_VD, start, block, axis=0).astype(cdt)
         dh = dh + jnp.dot(p.astype(cdt), w_blk, preferred_element_type=jnp.float32)
         dw_blk = jax.lax.dot_general(
@@ -132,6 +150,8 @@ def _nll_bwd(vocab_size, block, res, g_N):
     init = (jnp.zeros(h_ND.shape, jnp.float32), jnp.zeros((V, D), jnp.float32))
     dh, dw = jax.lax.fori_loop(0, _num_blocks(V, block), body, init)
     # The one-hot part of softmax - onehot: a gather for dh and a scatter-add for dw.
+    if softcap:  # the targets' logits through the cap
+        g_N = g_N * _target_logit(h_ND, w_VD, t_N, softcap)[1]
     gh = g_N[:, None] * h_ND.astype(jnp.float32)
     dh = dh - g_N[:, None] * jnp.take(w_VD, t_N, axis=0).astype(jnp.float32)
     dw = dw.at[t_N].add(-gh)
@@ -141,23 +161,32 @@ def _nll_bwd(vocab_size, block, res, g_N):
 _nll.defvjp(_nll_fwd, _nll_bwd)
 
 
-def blockwise_nll(h_ND, w_VD, targets_N, vocab_size: int, block: int = DEFAULT_BLOCK):
+def _check_softcap(softcap) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (0 <= softcap < math.inf):
+        raise ValueError(f"softcap must be a number >= 0 (0 = off), got {softcap!r}")
+    return float(softcap)
+
+
+def blockwise_nll(h_ND, w_VD, targets_N, vocab_size: int, block: int = DEFAULT_BLOCK, softcap: float = 0.0):
     """Per-token negative log-likelihood [N] (fp32) of targets under softmax(h @ w[:vocab_size].T),
-    computed block by block over the vocabulary (see the module docstring)."""
+    computed block by block over the vocabulary (see the module docstring); softcap > 0 caps the
+    logits at softcap * tanh(logits / softcap) first."""
     V = w_VD.shape[0]
     if not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size={vocab_size} must be in (0, {V}] (rows of the head matrix)")
     block = int(min(block, V))
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
-    return _nll(h_ND, w_VD, targets_N.astype(jnp.int32), int(vocab_size), block)
+    return _nll(h_ND, w_VD, targets_N.astype(jnp.int32), int(vocab_size), block, _check_softcap(softcap))
 
 
-def blockwise_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, block: int = DEFAULT_BLOCK):
+def blockwise_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, block: int = DEFAULT_BLOCK,
+                            softcap: float = 0.0):
     """Mean next-token cross-entropy in fp32 (nats), like `cross_entropy` of the head's
-    logits, without ever holding them. mask_BT weights positions (1 = counted)."""
+    logits, without ever holding them. mask_BT weights positions (1 = counted); softcap > 0: of the
+    soft-capped logits."""
     B, T, D = h_BTD.shape
-    nll = blockwise_nll(h_BTD.reshape(B * T, D), w_VD, targets_BT.reshape(B * T), vocab_size, block)
+    nll = blockwise_nll(h_BTD.reshape(B * T, D), w_VD, targets_BT.reshape(B * T), vocab_size, block, softcap)
     if mask_BT is None:
         return nll.mean()
     m = mask_BT.reshape(B * T).astype(jnp.float32)
@@ -175,11 +204,14 @@ def blockwise_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=No
 # Without differentiation (evaluation) the primal computes only the loss, chunk by chunk.
 
 
-def _chunk_logits(h_RD, w_VD, vocab_size: int):
+def _chunk_logits(h_RD, w_VD, vocab_size: int, softcap: float = 0.0):
+    """A chunk's fp32 logits [R, V] (soft-capped when softcap > 0; padded columns -inf), the column
+    indices and the cap's slope (None without a cap)."""
     s = jax.lax.dot_general(h_RD, w_VD.astype(h_RD.dtype), (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32)
+    s, slope = _capped(s, softcap)
     col = jnp.arange(w_VD.shape[0])
-    return jnp.where((col < vocab_size)[None, :], s, -jnp.inf), col
+    return jnp.where((col < vocab_size)[None, :], s, -jnp.inf), col, slope
 
 
 def _chunks(h_ND, t_N, m_N, rows: int):
@@ -192,24 +224,24 @@ def _chunks(h_ND, t_N, m_N, rows: int):
     return h_ND.reshape(n, rows, D), t_N.reshape(n, rows), m_N.reshape(n, rows)
 
 
-def _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int):
+def _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int, softcap: float):
     hs, ts, ms = _chunks(h_ND, t_N, m_N, rows)
 
     def body(acc, c):
         h, t, m = c
-        s, _ = _chunk_logits(h, w_VD, vocab_size)
+        s, _, _ = _chunk_logits(h, w_VD, vocab_size, softcap)
         nll = jax.nn.logsumexp(s, axis=-1) - jnp.take_along_axis(s, t[:, None], axis=-1)[:, 0]
         return acc + jnp.sum(nll * m), None
 
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), (hs, ts, ms))[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int):
-    return _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size, rows)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused(h_ND, w_VD, t_N, m_N, vocab_size: int, rows: int, softcap: float):
+    return _fused_loss(h_ND, w_VD, t_N, m_N, vocab_size, rows, softcap)
 
 
-def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
+def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows, softcap):
     N, D = h_ND.shape
     hs, ts, ms = _chunks(h_ND, t_N, m_N, rows)
     cdt = h_ND.dtype
@@ -220,7 +252,7 @@ def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
     def body(carry, c):
         loss, dw = carry
         h, t, m = c
-        s, col = _chunk_logits(h, w_VD, vocab_size)
+        s, col, slope = _chunk_logits(h, w_VD, vocab_size, softcap)
         mx = s.max(axis=-1, keepdims=True)
         e = jnp.exp(s - mx)
         z = e.sum(axis=-1, keepdims=True)
@@ -228,6 +260,8 @@ def _fused_fwd(h_ND, w_VD, t_N, m_N, vocab_size, rows):
         nll = lse - jnp.take_along_axis(s, t[:, None], axis=-1)[:, 0]
         # (softmax - onehot) * weight, in one elementwise pass over the chunk's logits
         g = (e / z - (col[None, :] == t[:, None]).astype(jnp.float32)) * m[:, None]
+        if slope is not None:  # through the cap: d/d(raw logit)
+            g = g * slope
         gc = g.astype(cdt)
         dh = jnp.dot(gc, w_VD.astype(cdt), preferred_element_type=jnp.float32)
         if transposed:
@@ -254,7 +288,7 @@ def _transposed_copy(x_RD):
                                preferred_element_type=jnp.float32)
 
 
-def _fused_bwd(vocab_size, rows, res, g):
+def _fused_bwd(vocab_size, rows, softcap, res, g):
     dh, dw = res
     return (dh * g.astype(dh.dtype)), (dw * g.astype(dw.dtype)), None, None
 
@@ -262,29 +296,33 @@ def _fused_bwd(vocab_size, rows, res, g):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def fused_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, rows: int = 256):
+def fused_cross_entropy(h_BTD, w_VD, targets_BT, vocab_size: int, mask_BT=None, rows: int = 256,
+                        softcap: float = 0.0):
     """Mean next-token cross-entropy in fp32 (nats) of softmax(h @ w[:vocab_size].T), like
     `cross_entropy` of the head's logits, computed `rows` tokens at a time with the
-    gradients formed in the forward pass (see above). mask_BT weights positions (1 = counted)."""
+    gradients formed in the forward pass (see above). mask_BT weights positions (1 = counted);
+    softcap > 0: of the soft-capped logits softcap * tanh(h @ w.T / softcap)."""
     V = w_VD.shape[0]
     if not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size={vocab_size} must be in (0, {V}] (rows of the head matrix)")
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
+    softcap = _check_softcap(softcap)
     B, T, D = h_BTD.shape
     N = B * T
     m = jnp.ones((N,), jnp.float32) if mask_BT is None else mask_BT.reshape(N).astype(jnp.float32)
     m = m / jnp.maximum(m.sum(), 1.0)
     return _fused(h_BTD.reshape(N, D), w_VD, targets_BT.reshape(N).astype(jnp.int32),
-                  jax.lax.stop_gradient(m), int(vocab_size), int(min(rows, N)))
+                  jax.lax.stop_gradient(m), int(vocab_size), int(min(rows, N)), softcap)
 
 
 def lm_loss(model, params, tokens, key=None, *, config, mesh):
     """The mean next-token cross-entropy (nats) of `model` (a gpt2jax.model.GPT2) on `tokens`, [B, T + 1]
     token ids: inputs tokens[:, :-1], targets tokens[:, 1:]. The loss the Trainer trains and evaluates:
     dense logits, or with config.train.loss_rows the fused and with loss_block the blockwise cross-entropy
-    (the logits never held whole); dropout on when `key` (a PRNG key) is given; the activation layouts
-    from config.mesh.rules on `mesh`. Call it inside jax.jit."""
+    (the logits never held whole; each soft-capped by model.logit_softcap as the dense head is); dropout on
+    when `key` (a PRNG key) is given; the activation layouts from config.mesh.rules on `mesh`. Call it
+    inside jax.jit."""
     x, y = tokens[:, :-1], tokens[:, 1:]
     kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
     block, rows = config.train.loss_block, config.train.loss_rows
@@ -295,6 +333,7 @@ def lm_loss(model, params, tokens, key=None, *, config, mesh):
         m = model.config  # the frozen ModelConfig
         if m.mup:
             h = h * output_multiplier(m)
+        cap = m.logit_softcap  # after the muP multiplier, as in model.head_logits
         if rows:
-            return fused_cross_entropy(h, head_weight(params, m), y, m.vocab_size, rows=rows)
-        return blockwise_cross_entropy(h, head_weight(params, m), y, m.vocab_size, block=block)
+            return fused_cross_entropy(h, head_weight(params, m), y, m.vocab_size, rows=rows, softcap=cap)
+        return blockwise_cross_entropy(h, head_weight(params, m), y, m.vocab_size, block=block, softcap=cap)

@@ -40,9 +40,12 @@ Variants (config.model fields, all off by default): `norm='rmsnorm'` (scale only
 in linear layers or norms); `position='rope'` (rotary q/k, base `rope_base`; no wpe) or `'none'` (no
 positions: causal attention alone); `mlp='swiglu'` (c_fc and c_gate [D, F'], c_proj [F', D] with
 F' = 8D/3 rounded up to a multiple of 32, so the MLP keeps ~8 D^2 parameters like GPT-2's 4x GELU MLP);
-`tie_embeddings=False` (a separate head `lm_head` [V, D]); `qk_norm=True` (q and k normalised per head,
-`attn/{q_norm,k_norm}/scale` [L, K]); `parallel_block=True` (x + attn(ln_1(x)) + mlp(ln_1(x)), GPT-J/PaLM,
-no ln_2); `parametrization='mup'` (see `mup_*` below).
+`mlp='relu2'` (relu(x)^2 in place of GELU, the same 4x parameters); `tie_embeddings=False` (a separate head
+`lm_head` [V, D]); `qk_norm=True` (q and k normalised per head, `attn/{q_norm,k_norm}/scale` [L, K]);
+`parallel_block=True` (x + attn(ln_1(x)) + mlp(ln_1(x)), GPT-J/PaLM, no ln_2); `logit_softcap=C` (logits
+C tanh(logits / C), in `head_logits` and the fused and blockwise losses; after muP's output multiplier);
+`zero_init_proj=True` (the two residual output projections start at zero); `parametrization='mup'` (see
+`mup_*` below).
 
 Numerics: parameters in `param_dtype` (fp32), matmuls in `dtype` (bf16 on accelerators); norms, softmax
 and the logits are fp32. Padded vocabulary logits are set to -1e9 so they never win in the loss or in
@@ -122,6 +125,13 @@ def _bias(shape, axes):
     return ParamSpec(tuple(shape), tuple(axes), init="zeros")
 
 
+def _out_proj(cfg: ModelConfig, shape, axes):
+    """A residual output projection (attn/c_proj, mlp/c_proj): N(0, 0.02 / sqrt(2 n_layer)), or zeros with
+    zero_init_proj (still a decayed muP 'hidden' matrix; only its initial value changes)."""
+    spec = _kernel(shape, axes, 0.02 / math.sqrt(2 * cfg.n_layer))
+    return dataclasses.replace(spec, init="zeros") if cfg.zero_init_proj else spec
+
+
 def _is_spec(x) -> bool:
     return isinstance(x, ParamSpec)
 
@@ -164,11 +174,10 @@ def norm(x, p, cfg: ModelConfig):
 
 # ------------------------------------------------------------------------------------- attention
 def attention_params(cfg: ModelConfig) -> dict:
-    D, H, K, L = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_layer
+    D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
     p = {
         "c_attn": {"kernel": _kernel((D, 3, H, K), ("embed", None, "heads", "head_dim"))},
-        # the residual output projection: N(0, 0.02 / sqrt(2 n_layer))
-        "c_proj": {"kernel": _kernel((H, K, D), ("heads", "head_dim", "embed"), 0.02 / math.sqrt(2 * L))},
+        "c_proj": {"kernel": _out_proj(cfg, (H, K, D), ("heads", "head_dim", "embed"))},
     }
     if cfg.bias:
         p["c_attn"]["bias"] = _bias((3, H, K), (None, "heads", "head_dim"))
@@ -260,10 +269,10 @@ def attention(p, h_BTD, positions_T, *, cfg: ModelConfig, key=None, kv=None, pos
 
 # ------------------------------------------------------------------------------------------- mlp
 def mlp_params(cfg: ModelConfig) -> dict:
-    D, F, L = cfg.n_embd, cfg.mlp_hidden, cfg.n_layer
+    D, F = cfg.n_embd, cfg.mlp_hidden
     p = {
         "c_fc": {"kernel": _kernel((D, F), ("embed", "mlp"))},
-        "c_proj": {"kernel": _kernel((F, D), ("mlp", "embed"), 0.02 / math.sqrt(2 * L))},
+        "c_proj": {"kernel": _out_proj(cfg, (F, D), ("mlp", "embed"))},
     }
     if cfg.mlp == "swiglu":
         p["c_gate"] = {"kernel": _kernel((D, F), ("embed", "mlp"))}
@@ -282,9 +291,16 @@ def gelu(x):
     return jax.nn.gelu(x, approximate=True)
 
 
+def relu2(x):
+    """relu(x)^2 (So et al. 2021, Primer; the NanoGPT speedrun's MLP activation)."""
+    return jnp.square(jax.nn.relu(x))
+
+
 def mlp(p, h_BTD, *, cfg: ModelConfig):
     if cfg.mlp == "swiglu":
         h = jax.nn.silu(_linear(h_BTD, p["c_gate"])) * _linear(h_BTD, p["c_fc"])
+    elif cfg.mlp == "relu2":
+        h = relu2(_linear(h_BTD, p["c_fc"]))
     else:
         h = gelu(_linear(h_BTD, p["c_fc"]))
     return _linear(h, p["c_proj"])
@@ -358,14 +374,23 @@ def output_multiplier(cfg) -> float:
     return m.mup_output_mult / m.width_mult if m.mup else 1.0
 
 
+def softcap(logits, cap: float):
+    """cap * tanh(logits / cap): the logits bounded by +-cap, near the identity well inside (logit_softcap;
+    Gemma 2, the NanoGPT speedrun). Its slope is 1 - (result / cap)^2."""
+    return cap * jnp.tanh(logits / cap)
+
+
 def head_logits(params, x_BTD, cfg) -> jax.Array:
     """Logits [B, T, padded_vocab] in fp32 from hidden states after the final norm (the forward pass's
     `return_hidden=True` output, or any [B, T, D] selection of it, e.g. the scorer's scored positions):
-    their product with head_weight(), times output_multiplier() under muP, padded columns at NEG_INF."""
+    their product with head_weight(), times output_multiplier() under muP, then soft-capped when
+    logit_softcap > 0, padded columns at NEG_INF."""
     cfg = ModelConfig.of(cfg)
     logits = jnp.einsum("btd,vd->btv", x_BTD, head_weight(params, cfg).astype(x_BTD.dtype)).astype(jnp.float32)
     if cfg.mup:
         logits = logits * output_multiplier(cfg)
+    if cfg.logit_softcap:
+        logits = softcap(logits, cfg.logit_softcap)
     logits = constrain(logits, ("batch", "seq", "vocab"))
     real = jnp.arange(logits.shape[-1]) < cfg.vocab_size
     return jnp.where(real, logits, NEG_INF)
@@ -462,7 +487,8 @@ class GPT2(nn.Module):
     def __call__(self, tokens_BT, *, deterministic: bool = True, return_hidden: bool = False, capture: bool = False):
         """Logits [B, T, padded_vocab] in fp32. With deterministic=False, dropout uses the 'dropout' rng.
         return_hidden=True returns the head's input instead: the hidden states after the final norm (the
-        logits are their product with head_weight(), times output_multiplier()). capture=True sows
+        logits are their product with head_weight(), times output_multiplier(), soft-capped by
+        logit_softcap when set: `head_logits`). capture=True sows
         per-layer outputs and attention probabilities into 'intermediates' (see the module docstring)."""
         cfg = self.config
         p = self._params()

@@ -21,7 +21,7 @@ ATTENTION = ("xla", "cudnn")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "relu2")
 PARAMETRIZATIONS = ("sp", "mup")
 MUP_ATTENTIONS = ("inverse", "sqrt")
 
@@ -48,6 +48,11 @@ def _boolean(v) -> str:
 
 def _positive_float(v) -> str:
     return "" if isinstance(v, (int, float)) and v > 0 and math.isfinite(v) else f"must be a finite number > 0, got {v!r}"
+
+
+def _nonnegative_float(v) -> str:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return "" if ok else f"must be a finite number >= 0 (0 = off), got {v!r}"
 
 
 def _above_one(v) -> str:
@@ -94,11 +99,19 @@ class ModelConfig:
     position: str = _choice("learned", "'learned' (wpe) | 'rope' | 'none'", POSITIONS)
     rope_base: float = _field(10000.0, "rotary base (position='rope')", _above_one)
     mlp: str = _choice(
-        "gelu", "'gelu' (4x, tanh-GELU) | 'swiglu' (hidden 8D/3 rounded up to a multiple of 32)", MLPS
+        "gelu", "'gelu' (4x, tanh-GELU) | 'swiglu' (hidden 8D/3 rounded up to a multiple of 32) | 'relu2' (4x, "
+        "relu(x)^2, the NanoGPT speedrun's; the same parameters as 'gelu')", MLPS
     )
     tie_embeddings: bool = _field(True, "the LM head is wte; False = a separate lm_head", _boolean)
     qk_norm: bool = _field(False, "normalise q and k per head before the scores", _boolean)
     parallel_block: bool = _field(False, "x + attn(ln_1(x)) + mlp(ln_1(x))", _boolean)
+    logit_softcap: float = _field(
+        0.0, "C > 0: the logits are C tanh(logits / C), bounded by C (Gemma 2, the NanoGPT speedrun), wherever "
+        "they are formed (dense, fused and blockwise losses, scoring, decoding); 0 = off. Under muP the output "
+        "multiplier applies first: C tanh(mult x logits / C)", _nonnegative_float)
+    zero_init_proj: bool = _field(
+        False, "the residual output projections (attn/c_proj and mlp/c_proj kernels) start at zero, not at "
+        "N(0, 0.02 / sqrt(2 n_layer)) (the NanoGPT speedrun's); an initialisation only", _boolean)
     parametrization: str = _choice("sp", "'sp' (GPT-2's) | 'mup' (Tensor Programs V)", PARAMETRIZATIONS)
     mup_base_width: int = _field(
         MUP_DEFAULT_BASE_WIDTH, "muP's base width: at n_embd == this, muP equals SP", _positive_int

@@ -36,6 +36,10 @@ VARIANTS = {
     "no_bias": dict(bias=False),
     "rope": dict(position="rope"),
     "no_position": dict(position="none"),
+    # The NanoGPT speedrun's switches together (one end-to-end run for three). A cap of 1, not the speedrun's 30:
+    # this tiny model's logits are a fraction of 1 at init, where 30 would be the identity. Before swiglu: "all"
+    # below merges the entries in order, so its MLP stays SwiGLU (relu2 has GELU's shapes) and it gains the rest.
+    "speedrun": dict(mlp="relu2", logit_softcap=1.0, zero_init_proj=True),
     "swiglu": dict(mlp="swiglu"),
     "untied": dict(tie_embeddings=False),
     "qk_norm": dict(qk_norm=True),
@@ -98,10 +102,11 @@ def _hand_count(m):
     """Parameters of a variant counted by hand (vocabulary padding excluded)."""
     L, D, V, P, K = m.n_layer, m.n_embd, m.vocab_size, m.block_size, m.n_embd // m.n_head
     bias, ln_bias = m.bias, m.bias and m.norm == "layernorm"
-    F = 4 * D if m.mlp == "gelu" else math.ceil(8 * D / 3 / 32) * 32
+    glu = m.mlp == "swiglu"  # gelu and relu2: GPT-2's 4x MLP
+    F = math.ceil(8 * D / 3 / 32) * 32 if glu else 4 * D
     norm = D * (1 + ln_bias)
     attn = 3 * D * D + D * D + bias * (3 * D + D) + m.qk_norm * 2 * K
-    mlp = (2 if m.mlp == "gelu" else 3) * D * F + bias * ((1 if m.mlp == "gelu" else 2) * F + D)
+    mlp = (3 if glu else 2) * D * F + bias * ((2 if glu else 1) * F + D)
     layer = attn + mlp + norm * (1 if m.parallel_block else 2)
     total = V * D + (P * D if m.position == "learned" else 0) + L * layer + norm
     head = 0 if m.tie_embeddings else V * D
@@ -262,7 +267,8 @@ def test_hf_export_of_what_gpt2lmheadmodel_holds(variant, tmp_path):
         np.testing.assert_array_equal(back["lm_head"], np.asarray(params["lm_head"]))
 
 
-@pytest.mark.parametrize("variant", ["rmsnorm", "rope", "no_position", "swiglu", "qk_norm", "parallel", "mup"])
+@pytest.mark.parametrize("variant", ["rmsnorm", "rope", "no_position", "speedrun", "swiglu", "qk_norm", "parallel",
+                                     "mup"])
 def test_hf_export_refuses_what_gpt2lmheadmodel_cannot_hold(variant, tmp_path):
     from gpt2jax.convert import ConversionError, to_hf
 
