@@ -16,7 +16,8 @@ width) and a second seed (`train.seed=1`) at one point near it; muP: 2^-6, 2^-5 
 base width's optimum and its neighbours), each with seeds 0 and 1, so that every muP curve is seed-averaged at
 all three points its parabola goes through (a second seed at the middle point only would compare a two-seed
 mean with single seeds beside it). At width 16 muP is not SP here (its init differs), so both are run there
-and lr_transfer takes `--nobase_is_sp`. 31 runs.
+and lr_transfer takes `--nobase_is_sp`. 31 runs; then 2^-7 at width 128, seeds 0 and 1, added once its best
+came out at 2^-6, the grid's edge: 33.
 """
 
 import os
@@ -27,6 +28,7 @@ _bytes = spec_module(os.path.join(os.path.dirname(__file__), "mup_bytes.py"))
 HIDDEN_INIT = 8**0.5
 SP = {16: ((-7, -4), -5), 32: ((-7, -5), -6), 128: ((-9, -7), -9)}  # width -> (grid exponents, seed-1 point)
 MUP = (-6, -4)  # every width, seeds 0 and 1 at each point
+BELOW = (128,)  # widths whose muP grid goes one step lower (2^-7): width 128's best was 2^-6, the grid's edge
 
 
 def get_sweep():
@@ -38,6 +40,7 @@ def get_sweep():
         runs += _bytes.lr_runs(name, w, "sp", _bytes._pow2(lo, hi))
         runs += _bytes.lr_runs(f"s1-{name}", w, "sp", [2.0**s1], {**c, "train.seed": 1})
     for w in SP:
-        runs += _bytes.lr_runs(f"tuned-mup-w{w}", w, "mup", _bytes._pow2(*MUP), tuned)
-        runs += _bytes.lr_runs(f"s1-tuned-mup-w{w}", w, "mup", _bytes._pow2(*MUP), {**tuned, "train.seed": 1})
+        lrs = _bytes._pow2(MUP[0] - (w in BELOW), MUP[1])
+        runs += _bytes.lr_runs(f"tuned-mup-w{w}", w, "mup", lrs, tuned)
+        runs += _bytes.lr_runs(f"s1-tuned-mup-w{w}", w, "mup", lrs, {**tuned, "train.seed": 1})
     return Sweep(runs=runs, name="mup_bytes_tuned")
