@@ -40,13 +40,13 @@ the cap's slope 1 - tanh^2. With softcap=0 (the default) the code is the uncappe
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
 from gpt2jax import sharding as shd
 from gpt2jax.model import head_weight, output_multiplier, softcap as _softcap
+from gpt2jax.model_config import _nonnegative_float
 
 DEFAULT_BLOCK = 2048
 
@@ -162,8 +162,10 @@ _nll.defvjp(_nll_fwd, _nll_bwd)
 
 
 def _check_softcap(softcap) -> float:
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (0 <= softcap < math.inf):
-        raise ValueError(f"softcap must be a number >= 0 (0 = off), got {softcap!r}")
+    """The cap as a float, checked as the config checks model.logit_softcap."""
+    problem = _nonnegative_float(softcap)
+    if problem:
+        raise ValueError(f"softcap {problem}")
     return float(softcap)
 
 
