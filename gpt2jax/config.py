@@ -8,7 +8,7 @@ Sections:
   model       the network's shape and numerics: ModelConfig's fields (gpt2jax/model_config.py)
   data        where the token files written by `python -m gpt2jax.prepare` live
   train       the loop: steps, global batch, seed, logging/eval cadence, fine-tuning start point
-  optim       AdamW, warmup + cosine schedule, clipping, gradient accumulation
+  optim       AdamW (or Muon on the hidden matrices), warmup + cosine schedule, clipping, accumulation
   checkpoint  how often to save and how many to keep
   eval        zero-shot tasks (gpt2jax/eval) run during training
   mesh        device mesh (data, fsdp, tensor) and the logical-axis rules (see gpt2jax/sharding.py)
@@ -29,6 +29,7 @@ from gpt2jax.model_config import (  # noqa: F401  (the model's choices, re-expor
 NONFINITE = ("stop", "skip")
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "1-sqrt", "cosine")
+OPTIMIZERS = ("adamw", "muon")
 
 # Logical axis -> mesh axis (or axes). Parameters and activations are annotated with the logical
 # names; these rules decide how they are laid out on the mesh. See gpt2jax/sharding.py.
@@ -98,6 +99,18 @@ def get_config() -> ml_collections.ConfigDict:
             schedule="cosine",
             decay_fraction=0.2,
             decay_shape="1-sqrt",  # 'linear' | '1-sqrt' (Hagele et al. 2024) | 'cosine'
+            # 'adamw' | 'muon': Muon (optax.contrib) on the hidden matrices that ParamSpec.matrix declares
+            # (each layer's, and q, k, v as three), AdamW (lr, weight_decay, b1, b2, eps above) on the embeddings,
+            # an untied head, biases and gains. Both groups follow the schedule above, each at its own peak.
+            name="adamw",
+            muon_lr=0.02,  # Muon's peak learning rate (its min is muon_lr * min_lr / lr)
+            muon_weight_decay=0.0,  # decoupled, multiplied by the learning rate (as AdamW's here)
+            muon_momentum=0.95,
+            muon_nesterov=True,
+            muon_ns_steps=5,  # Newton-Schulz iterations
+            # 0: Muon's width scaling sqrt(max(1, fan_out / fan_in)); r > 0: r sqrt(max(fan_in, fan_out)), an
+            # update RMS like AdamW's (Liu et al. 2025 use 0.2, to reuse AdamW's lr and weight decay)
+            muon_rms=0.0,
         )
     )
     # keep: the latest checkpoints kept; keep_every: also keep every step divisible by it (0 = off).
@@ -183,6 +196,14 @@ def validate(config) -> None:
     _check(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
     _check(0 <= o.decay_fraction <= 1, "optim.decay_fraction", f"must be in [0, 1], got {o.decay_fraction}")
     _check(o.decay_shape in DECAY_SHAPES, "optim.decay_shape", f"must be one of {DECAY_SHAPES}, got {o.decay_shape!r}")
+    _check(o.name in OPTIMIZERS, "optim.name", f"must be one of {OPTIMIZERS}, got {o.name!r}")
+    _check(o.muon_lr > 0, "optim.muon_lr", f"must be > 0, got {o.muon_lr}")
+    _check(o.muon_weight_decay >= 0, "optim.muon_weight_decay", f"must be >= 0, got {o.muon_weight_decay}")
+    _check(0 <= o.muon_momentum < 1, "optim.muon_momentum", f"must be in [0, 1), got {o.muon_momentum}")
+    _check(isinstance(o.muon_nesterov, bool), "optim.muon_nesterov", f"must be True or False, got {o.muon_nesterov!r}")
+    _check(isinstance(o.muon_ns_steps, int) and o.muon_ns_steps >= 1, "optim.muon_ns_steps",
+           f"must be an int >= 1, got {o.muon_ns_steps!r}")
+    _check(o.muon_rms >= 0, "optim.muon_rms", f"must be >= 0 (0 = Muon's width scaling), got {o.muon_rms}")
     if t.branch_from:
         _check(isinstance(t.branch_step, int) and 0 < t.branch_step < t.num_steps, "train.branch_step",
                f"must be a step in [1, train.num_steps={t.num_steps}) of the run in train.branch_from, got {t.branch_step!r}")

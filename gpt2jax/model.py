@@ -91,7 +91,10 @@ class ParamSpec:
     for matrices whose fan-in grows with width (init std and Adam lr scale as 1/sqrt(width_mult) and
     1/width_mult), 'vector' for embeddings, biases and gains (unchanged), 'output' for an untied head
     (unchanged: the logit multiplier 1/width_mult does the scaling). lookup: a table read by index, not
-    multiplied (left out of FLOPs' N). vocab_rows: rows >= vocab_size start (and stay) zero."""
+    multiplied (left out of FLOPs' N). vocab_rows: rows >= vocab_size start (and stay) zero. matrix: for a
+    hidden weight matrix, (its input axes, its output axes) by logical name; every other axis ('layers', the
+    q/k/v axis) indexes separate matrices. Muon orthogonalises exactly these (gpt2jax/optim.py); () = not a
+    hidden matrix (embeddings, an untied head, biases, gains: AdamW's under optim.name='muon')."""
 
     shape: tuple
     axes: tuple
@@ -101,6 +104,7 @@ class ParamSpec:
     mup: str = "vector"
     lookup: bool = False
     vocab_rows: bool = False
+    matrix: tuple = ()
 
     def stacked(self, n: int) -> "ParamSpec":
         """The same parameter for each of n layers, stacked along a leading 'layers' axis."""
@@ -116,19 +120,29 @@ class ParamSpec:
             return 1.0
         return 1.0 / cfg.width_mult if self.mup == "hidden" else cfg.mup_vector_lr
 
+    def matrix_axes(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(input axis indices, output axis indices) of a hidden matrix in this (possibly stacked) shape."""
+        if not self.matrix:
+            return None
+        ins, outs = self.matrix
+        return tuple(self.axes.index(a) for a in ins), tuple(self.axes.index(a) for a in outs)
 
-def _kernel(shape, axes, std=0.02):
-    return ParamSpec(tuple(shape), tuple(axes), std=std, decay=True, mup="hidden")
+
+def _kernel(shape, axes, inputs=("embed",), std=0.02):
+    """A hidden weight matrix: decayed, muP 'hidden', and a matrix from its `inputs` axes to its other named axes
+    (a None axis, like c_attn's q/k/v axis, indexes separate matrices)."""
+    outputs = tuple(a for a in axes if a is not None and a not in inputs)
+    return ParamSpec(tuple(shape), tuple(axes), std=std, decay=True, mup="hidden", matrix=(tuple(inputs), outputs))
 
 
 def _bias(shape, axes):
     return ParamSpec(tuple(shape), tuple(axes), init="zeros")
 
 
-def _out_proj(cfg: ModelConfig, shape, axes):
+def _out_proj(cfg: ModelConfig, shape, axes, inputs):
     """A residual output projection (attn/c_proj, mlp/c_proj): N(0, 0.02 / sqrt(2 n_layer)), or zeros with
     zero_init_proj (still a decayed muP 'hidden' matrix; only its initial value changes)."""
-    spec = _kernel(shape, axes, 0.02 / math.sqrt(2 * cfg.n_layer))
+    spec = _kernel(shape, axes, inputs, 0.02 / math.sqrt(2 * cfg.n_layer))
     return dataclasses.replace(spec, init="zeros") if cfg.zero_init_proj else spec
 
 
@@ -177,7 +191,7 @@ def attention_params(cfg: ModelConfig) -> dict:
     D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
     p = {
         "c_attn": {"kernel": _kernel((D, 3, H, K), ("embed", None, "heads", "head_dim"))},
-        "c_proj": {"kernel": _out_proj(cfg, (H, K, D), ("heads", "head_dim", "embed"))},
+        "c_proj": {"kernel": _out_proj(cfg, (H, K, D), ("heads", "head_dim", "embed"), ("heads", "head_dim"))},
     }
     if cfg.bias:
         p["c_attn"]["bias"] = _bias((3, H, K), (None, "heads", "head_dim"))
@@ -272,7 +286,7 @@ def mlp_params(cfg: ModelConfig) -> dict:
     D, F = cfg.n_embd, cfg.mlp_hidden
     p = {
         "c_fc": {"kernel": _kernel((D, F), ("embed", "mlp"))},
-        "c_proj": {"kernel": _out_proj(cfg, (F, D), ("mlp", "embed"))},
+        "c_proj": {"kernel": _out_proj(cfg, (F, D), ("mlp", "embed"), ("mlp",))},
     }
     if cfg.mlp == "swiglu":
         p["c_gate"] = {"kernel": _kernel((D, F), ("embed", "mlp"))}

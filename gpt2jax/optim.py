@@ -2,10 +2,18 @@
 cosine decay to min_lr (or warmup-stable-decay, or constant: `schedule`), and global-norm gradient clipping. Gradient accumulation happens inside the train
 step (gpt2jax/training/trainer.py), so one optimizer update always sees the whole global batch.
 
-Which parameters decay, and (under muP) each parameter's learning-rate multiplier, come from the model's
-parameter declarations (gpt2jax/model.py `ParamSpec.decay` / `ParamSpec.lr_scale`)."""
+optim.name='muon': Muon (Jordan et al. 2024; optax.contrib's scale_by_muon and scale_by_shape) on the hidden
+matrices, AdamW as above on everything else. optax.contrib.muon itself is not used because its Adam group
+takes Muon's Nesterov flag and has no weight-decay mask; the Newton-Schulz step is optax's, and the shape
+factor after it is the one optax.contrib.muon applies (`muon_shape_scales`).
+
+Which parameters decay, which are Muon's matrices (and which axes form each matrix), and (under muP) each
+parameter's learning-rate multiplier, come from the model's parameter declarations (gpt2jax/model.py
+`ParamSpec.decay` / `ParamSpec.matrix` / `ParamSpec.lr_scale`)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -68,11 +76,33 @@ def decay_mask(model_cfg) -> dict:
     return _per_param(model_cfg, lambda s: s.decay)
 
 
-def lr_scales(model_cfg) -> dict:
+def lr_scales(model_cfg, optim_cfg=None) -> dict:
     """Each parameter's learning-rate multiplier: 1 under SP; under muP 1/width_mult for hidden matrices
-    (Adam's per-group rates of Tensor Programs V, table 3)."""
+    (Adam's per-group rates of Tensor Programs V, table 3). Under Muon with its width scaling (muon_rms = 0)
+    a hidden matrix's multiplier is 1: its update's spectral norm is already lr sqrt(fan_out / fan_in) at
+    every width, the spectral condition for width-independent feature learning (Yang, Simon & Bernstein
+    2023), which muP's 1/width_mult would undo. With muon_rms > 0 the update has AdamW's RMS, and so AdamW's
+    muP multiplier."""
     cfg = ModelConfig.of(model_cfg)
-    return _per_param(cfg, lambda s: s.lr_scale(cfg))
+    spectral = optim_cfg is not None and optim_cfg.name == "muon" and not optim_cfg.muon_rms
+    return _per_param(cfg, lambda s: 1.0 if (spectral and s.matrix) else s.lr_scale(cfg))
+
+
+def muon_labels(model_cfg) -> dict:
+    """'muon' for the hidden matrices (ParamSpec.matrix), 'adamw' for the rest."""
+    return _per_param(model_cfg, lambda s: "muon" if s.matrix else "adamw")
+
+
+def muon_dimension_numbers(model_cfg) -> dict:
+    """optax's MuonDimensionNumbers for each hidden matrix (its declared input and output axes; the other axes,
+    'layers' and c_attn's q/k/v axis, index separate matrices), MaskedNode for the parameters AdamW takes."""
+    def dims(s):
+        if not s.matrix:
+            return optax.MaskedNode()
+        ins, outs = s.matrix_axes()
+        return optax.contrib.MuonDimensionNumbers(reduction_axis=ins, output_axis=outs)
+
+    return _per_param(model_cfg, dims)
 
 
 def scale_by_tree(scales) -> optax.GradientTransformation:
@@ -86,21 +116,53 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def muon_shape_scales(model_cfg, muon_rms: float = 0.0) -> dict:
+    """The factor each orthogonalised update is multiplied by, from its matrix's fan-in and fan-out (the
+    products of the declared input and output axes): sqrt(max(1, fan_out / fan_in)) (Jordan et al.'s width
+    scaling), or with muon_rms > 0, muon_rms sqrt(max(fan_in, fan_out)) (Liu et al. 2025: AdamW's update RMS).
+    MaskedNode for the parameters AdamW takes."""
+    def scale(s):
+        if not s.matrix:
+            return optax.MaskedNode()
+        ins, outs = s.matrix_axes()
+        fan_in, fan_out = math.prod(s.shape[i] for i in ins), math.prod(s.shape[i] for i in outs)
+        if muon_rms:
+            return muon_rms * math.sqrt(max(fan_in, fan_out))
+        return math.sqrt(max(1.0, fan_out / fan_in))
+
+    return _per_param(model_cfg, scale)
+
+
+def _muon(o, m: ModelConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+    """Muon on the declared matrices, AdamW (masked decay, as optim.name='adamw') on the rest."""
+    ratio = o.muon_lr / o.lr
+    muon_part = optax.chain(
+        optax.contrib.scale_by_muon(
+            ns_steps=o.muon_ns_steps, beta=o.muon_momentum, nesterov=o.muon_nesterov,
+            weight_dimension_numbers=muon_dimension_numbers(m),
+        ),
+        scale_by_tree(muon_shape_scales(m, o.muon_rms)),
+        optax.add_decayed_weights(o.muon_weight_decay),
+        optax.scale_by_learning_rate(lambda count: lr(count) * ratio),
+    )
+    adam_part = optax.adamw(
+        learning_rate=lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask(m)
+    )
+    return optax.partition({"muon": muon_part, "adamw": adam_part}, muon_labels(m))
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     o, m = config.optim, ModelConfig.of(config.model)
+    lr = schedule(o, config.train.num_steps)
     parts = []
     if o.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip))
-    parts.append(
-        optax.adamw(
-            learning_rate=schedule(o, config.train.num_steps),
-            b1=o.b1,
-            b2=o.b2,
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-            mask=decay_mask(m),
+    if o.name == "muon":
+        parts.append(_muon(o, m, lr))
+    else:
+        parts.append(
+            optax.adamw(learning_rate=lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask(m))
         )
-    )
     if m.mup:
-        parts.append(scale_by_tree(lr_scales(m)))
+        parts.append(scale_by_tree(lr_scales(m, o)))
     return optax.chain(*parts)

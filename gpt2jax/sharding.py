@@ -113,6 +113,35 @@ def activation_context(config, mesh: Mesh):
         yield
 
 
+def opt_state_shardings(opt_shapes, abstract_params, param_sharding, mesh: Mesh):
+    """The optimizer state's shardings: a leaf whose key path ends in a parameter's path, with that parameter's
+    shape (Adam's moments, Muon's momentum, wherever optax nests them: partitions, masks, chains), takes the
+    parameter's sharding; everything else (step counts, Newton-Schulz coefficients) is replicated. (The
+    shardings XLA propagates to init's outputs would not do: zeros_like does not depend on the parameters'
+    values, so the moments came back replicated -- a full copy per device.)"""
+    shardings = jax.tree_util.tree_leaves(param_sharding)
+    by_path = {
+        tuple(k.key for k in path): (tuple(p.shape), sh)
+        for (path, p), sh in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0], shardings)
+    }
+    depth = max(len(p) for p in by_path)
+    rep = replicated(mesh)
+
+    def pick(path, leaf):
+        names = []
+        for k in reversed(path):
+            if not isinstance(k, jax.tree_util.DictKey) or len(names) == depth:
+                break
+            names.insert(0, k.key)
+        for i in range(len(names)):  # the longest trailing run of dict keys that names a parameter
+            shape, sh = by_path.get(tuple(names[i:]), (None, None))
+            if shape == tuple(leaf.shape):
+                return sh
+        return rep
+
+    return jax.tree_util.tree_map_with_path(pick, opt_shapes)
+
+
 def batch_spec(config) -> P:
     axes = dict(rules(config)).get("batch")
     return P(axes, None)

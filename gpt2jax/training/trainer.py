@@ -43,17 +43,8 @@ class Trainer:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.param_sharding
         )
         opt_shapes = jax.eval_shape(self.optimizer.init, shapes)
-        # Optimizer state mirrors the parameters: each parameter-shaped subtree (Adam's moments)
-        # takes the parameters' shardings; everything else (step counts) is replicated. (The
-        # shardings XLA propagates to init's outputs would not do: zeros_like does not depend on the
-        # parameters' values, so the moments came back replicated -- a full copy per device.)
-        self.opt_sharding = optax.tree_map_params(
-            self.optimizer,
-            lambda _, sharding: sharding,
-            opt_shapes,
-            self.param_sharding,
-            transform_non_params=lambda _: self.replicated,
-        )
+        # Optimizer state mirrors the parameters: each parameter's moments take its sharding.
+        self.opt_sharding = shd.opt_state_shardings(opt_shapes, shapes, self.param_sharding, self.mesh)
         self.abstract_opt_state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_shapes, self.opt_sharding
         )
