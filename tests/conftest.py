@@ -48,6 +48,18 @@ def tiny_config(data_dir=None, cache_dir="", **overrides):
     return c
 
 
+@pytest.fixture(scope="session")
+def byte_data(tmp_path_factory):
+    """A small byte-level corpus (vocabulary 257: a cheap head), prepared once per test session."""
+    from gpt2jax.data.prepare import prepare
+
+    d = tmp_path_factory.mktemp("bytes_corpus")
+    (d / "a.txt").write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400)))
+    out = tmp_path_factory.mktemp("bytes_data")
+    prepare(f"text:{d}/a.txt", str(out), split="tail", progress=False, tokenizer="bytes")
+    return out
+
+
 @pytest.fixture(name="tiny_config")
 def tiny_config_fixture():
     return tiny_config

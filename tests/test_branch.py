@@ -8,7 +8,6 @@ import pytest
 
 from gpt2jax import config as config_lib
 from gpt2jax.checkpoint import CheckpointError, Checkpointer, load_params
-from gpt2jax.data.prepare import prepare
 from gpt2jax.optim import schedule
 from gpt2jax.train import train
 
@@ -48,15 +47,6 @@ def test_cosine_default_is_unchanged():
     assert float(f(50)) == pytest.approx(3e-4)
     assert float(f(550)) == pytest.approx(6e-5 + 0.5 * (6e-4 - 6e-5), rel=1e-5)
     assert float(f(1000)) == pytest.approx(6e-5)
-
-
-@pytest.fixture(scope="module")
-def byte_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bytes_corpus")
-    (d / "a.txt").write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400)))
-    out = tmp_path_factory.mktemp("bytes_data")
-    prepare(f"text:{d}/a.txt", str(out), split="tail", progress=False, tokenizer="bytes")
-    return out
 
 
 def _cfg(data, cache, **kw):

@@ -5,20 +5,18 @@ counts its state; the muP interplay is tested where it applies."""
 
 import json
 import math
-import re
 import pathlib
+import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import config as config_lib
-from gpt2jax.data.prepare import prepare
 from gpt2jax.errors import ConfigError
-from gpt2jax.model import ModelConfig, init_params, param_specs
+from gpt2jax.model import init_params, param_specs
 from gpt2jax.optim import decay_mask, lr_scales, make_optimizer, muon_labels, schedule
 from gpt2jax.plan import plan
 from gpt2jax.train import train
@@ -194,15 +192,6 @@ def test_mup_with_muon():
 
 
 # -- end to end ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def byte_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("muon_corpus")
-    (d / "a.txt").write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400)))
-    out = tmp_path_factory.mktemp("muon_data")
-    prepare(f"text:{d}/a.txt", str(out), split="tail", progress=False, tokenizer="bytes")
-    return out
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("muon_xla_cache")
