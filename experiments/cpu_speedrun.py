@@ -68,7 +68,8 @@ def measure(out: pathlib.Path, names, steps: int, repeats: int) -> None:
     from gpt2jax.bench import run
 
     path = out / "step_times.json"
-    times = json.loads(path.read_text()) if path.exists() else {}
+    record = json.loads(path.read_text()) if path.exists() else {}
+    times = record.get("times", {})
     for r in range(repeats):
         for name in names:
             over = TIMED.get(name) or _combo(name)
@@ -77,9 +78,9 @@ def measure(out: pathlib.Path, names, steps: int, repeats: int) -> None:
             print(f"repeat {r}: {name:30s} {res['step_time']['median'] * 1e3:7.1f} ms/step  {res['cpu']['model']}",
                   flush=True)
             cpu = res["cpu"]
-    record = {"cpu": cpu, "steps": steps, "repeats": repeats, "times": times}
+    record.update({"cpu": cpu, "steps": steps, "repeats": repeats, "times": times})
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**record, "times": times}, indent=1) + "\n")
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _step_time(times: dict, name: str) -> float:
