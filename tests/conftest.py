@@ -77,7 +77,7 @@ FILE_SECONDS = {
     "test_slurm.py": 100, "test_checkpoint.py": 95, "test_sweep.py": 89, "test_multihost.py": 80,
     "test_quickstart.py": 75, "test_losses.py": 73, "test_bench.py": 71, "test_branch.py": 70,
     "test_lm_eval.py": 69, "test_house.py": 59, "test_watermark.py": 56, "test_eval.py": 44,
-    "test_run_tokenizer.py": 43, "test_wandb_log.py": 43, "test_model.py": 32,
+    "test_run_tokenizer.py": 43, "test_wandb_log.py": 43, "test_muon.py": 40, "test_model.py": 32,
 }
 
 
