@@ -2,7 +2,7 @@
 cosine decay to min_lr (or warmup-stable-decay, or constant: `schedule`), and global-norm gradient clipping. Gradient accumulation happens inside the train
 step (gpt2jax/training/trainer.py), so one optimizer update always sees the whole global batch.
 
-optim.name='muon': Muon (Jordan et al. 2024; optax.contrib's scale_by_muon and scale_by_shape) on the hidden
+optim.name='muon': Muon (Jordan et al. 2024; optax.contrib's scale_by_muon) on the hidden
 matrices, AdamW as above on everything else. optax.contrib.muon itself is not used because its Adam group
 takes Muon's Nesterov flag and has no weight-decay mask; the Newton-Schulz step is optax's, and the shape
 factor after it is the one optax.contrib.muon applies (`muon_shape_scales`).

@@ -104,7 +104,8 @@ def test_first_nesterov_update_is_newton_schulz_of_the_gradient_and_the_rest_is_
     c = _cfg(model__tie_embeddings=False)  # an untied head too: it is AdamW's, not a hidden matrix
     params = init_params(c.model, jax.random.PRNGKey(0))
     g = _grads(params, 3)
-    u, _ = jax.jit(make_optimizer(c).update)(g, make_optimizer(c).init(params), params)
+    opt = make_optimizer(c)
+    u, _ = jax.jit(opt.update)(g, opt.init(params), params)
     lr = c.optim.muon_lr  # update 1 of a cosine schedule without warmup: the peak
     for path in KERNELS:
         for got, m in zip(matrices(_get(u["h"], path + ("kernel",)), path), matrices(_get(g["h"], path + ("kernel",)), path)):
